@@ -1,0 +1,826 @@
+"""latentseg_utils: the one shared module of the latentseg notebook series.
+
+Read it top to bottom in the order the series teaches it:
+
+1. Model parts, the tutorial's faithfully  (SimpleEncoder, LatentAttention,
+   ExpertSegmentation, SegmentationModel)
+2. Model parts, the series' improvements   (AttentionBlock, LatentSegNet)
+3. Data                                     (make_shapes_batch, make_noise_batch, ...)
+4. Metrics                                  (confusion_matrix, per_class_iou, mean_iou, ...)
+5. Training                                 (train, evaluate, save_checkpoint, load_checkpoint)
+6. Plotting                                 (plot_samples, plot_predictions, plot_history, ...)
+
+Shapes are written as [B, C, H, W] for images, [B, H, W] for label maps and
+[B, N, D] for token sequences (N = number of tokens, D = their width).
+No global state: every random draw takes an explicit seed or torch.Generator.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "SimpleEncoder", "LatentAttention", "ExpertSegmentation", "SegmentationModel",
+    "AttentionBlock", "LatentSegNet", "PixelClassifier", "count_parameters",
+    "CLASS_NAMES", "make_shapes_batch", "make_noise_batch", "make_heldout_set",
+    "confusion_matrix", "per_class_iou", "mean_iou", "pixel_accuracy",
+    "get_device", "train", "evaluate", "predict", "save_checkpoint", "load_checkpoint",
+    "CLASS_COLORS", "class_colormap", "plot_samples", "plot_predictions", "plot_history",
+    "plot_attention",
+]
+
+
+# ---------------------------------------------------------------------------
+# Input checks shared by the models: a clear ValueError instead of a deep
+# PyTorch traceback.
+# ---------------------------------------------------------------------------
+
+def _check_heads(latent_dim: int, num_heads: int) -> None:
+    if num_heads < 1 or latent_dim < 1 or latent_dim % num_heads != 0:
+        raise ValueError(
+            f"latent_dim={latent_dim} must be a positive multiple of num_heads={num_heads}: "
+            "each head gets latent_dim // num_heads channels. "
+            f"Pick num_heads from {[h for h in range(1, max(latent_dim, 1) + 1) if latent_dim % h == 0][:8]} "
+            "or change latent_dim."
+        )
+
+
+def _check_positive(**settings: int) -> None:
+    for name, value in settings.items():
+        if int(value) < 1:
+            raise ValueError(f"{name}={value} must be at least 1.")
+
+
+def _check_images(x: torch.Tensor, in_channels: int) -> None:
+    if not torch.is_tensor(x) or x.dim() != 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"images must be a tensor of shape [B, C, H, W]; got {shape}. "
+                         "For a single image [C, H, W] use image.unsqueeze(0).")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"images have {x.shape[1]} channels but the model was built with "
+                         f"in_channels={in_channels}; convert the images or build the model "
+                         f"with in_channels={x.shape[1]}.")
+    h, w = x.shape[-2:]
+    if h % 4 or w % 4 or h < 4 or w < 4:
+        raise ValueError(f"image size {h}x{w} is not a multiple of 4: the encoder halves it twice "
+                         f"and the decoder upsamples x4. Crop or resize to {max(4, h // 4 * 4)}x"
+                         f"{max(4, w // 4 * 4)}.")
+    if not torch.isfinite(x).all():
+        raise ValueError("images contain NaN or infinite values; clean the input "
+                         "(for example torch.nan_to_num) before calling the model.")
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"labels must be an integer tensor of class ids; got dtype {labels.dtype}. "
+                         "Use labels.long().")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; "
+                         f"found values from {int(labels.min())} to {int(labels.max())}. "
+                         "Build the model with more classes or fix the labels.")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters of a module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------
+# 1. The tutorial's model, faithfully (names, arguments and defaults kept).
+# ---------------------------------------------------------------------------
+
+class SimpleEncoder(nn.Module):
+    """The tutorial's CNN encoder: two (conv3x3 + ReLU + maxpool2) stages, stride 4.
+
+    [B, in_channels, H, W] -> [B, feature_dim, H/4, W/4]
+    """
+
+    def __init__(self, in_channels: int = 3, feature_dim: int = 64):
+        super().__init__()
+        _check_positive(in_channels=in_channels, feature_dim=feature_dim)
+        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(32, feature_dim, kernel_size=3, padding=1)
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = self.pool(x)
+        x = F.relu(self.conv2(x))
+        x = self.pool(x)
+        return x
+
+
+class LatentAttention(nn.Module):
+    """K learned latent vectors ("experts") refined by multi-head cross-attention.
+
+    The latents are the queries; the pixel features are the keys and values.
+    [B, N, feature_dim] -> [B, num_latents, latent_dim]
+    With return_attention=True also returns the weights [B, num_heads, num_latents, N]
+    (each latent's distribution over the N pixels, per head).
+    """
+
+    def __init__(self, feature_dim: int, latent_dim: int, num_latents: int, num_heads: int):
+        super().__init__()
+        _check_positive(feature_dim=feature_dim, num_latents=num_latents)
+        _check_heads(latent_dim, num_heads)
+        self.num_latents = num_latents
+        self.latent_dim = latent_dim
+        self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
+        self.key_proj = nn.Linear(feature_dim, latent_dim)
+        self.value_proj = nn.Linear(feature_dim, latent_dim)
+        self.query_proj = nn.Linear(latent_dim, latent_dim)
+        self.attention = nn.MultiheadAttention(embed_dim=latent_dim, num_heads=num_heads,
+                                               batch_first=True)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        B, N, _ = x.shape
+        keys = self.key_proj(x)
+        values = self.value_proj(x)
+        queries = self.latents.unsqueeze(0).expand(B, -1, -1)
+        queries = self.query_proj(queries)
+        latent_output, weights = self.attention(query=queries, key=keys, value=values,
+                                                need_weights=return_attention,
+                                                average_attn_weights=False)
+        return (latent_output, weights) if return_attention else latent_output
+
+
+class ExpertSegmentation(nn.Module):
+    """Each pixel feature attends over the refined experts; a linear layer gives class logits.
+
+    pixel_features [B, N, feature_dim], experts [B, K, latent_dim] -> logits [B, N, num_classes]
+    With return_attention=True also returns the weights [B, num_heads, N, K]
+    (each pixel's distribution over the K experts, per head).
+    """
+
+    def __init__(self, feature_dim: int, latent_dim: int, num_heads: int, num_classes: int):
+        super().__init__()
+        _check_heads(latent_dim, num_heads)
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes "
+                             "(background and one object class).")
+        self.pixel_proj = nn.Linear(feature_dim, latent_dim)
+        self.attention = nn.MultiheadAttention(embed_dim=latent_dim, num_heads=num_heads,
+                                               batch_first=True)
+        self.segmentation_head = nn.Linear(latent_dim, num_classes)
+
+    def forward(self, pixel_features: torch.Tensor, experts: torch.Tensor,
+                return_attention: bool = False):
+        queries = self.pixel_proj(pixel_features)
+        attended, weights = self.attention(query=queries, key=experts, value=experts,
+                                           need_weights=return_attention,
+                                           average_attn_weights=False)
+        logits = self.segmentation_head(attended)
+        return (logits, weights) if return_attention else logits
+
+
+class SegmentationModel(nn.Module):
+    """The tutorial's published model: encoder -> latent attention -> expert head
+    -> 3x3 conv on the logits -> x4 bilinear upsample.
+
+    [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 4)
+    70,504 parameters with the defaults (num_classes=2).
+    """
+
+    def __init__(self, in_channels: int = 3, feature_dim: int = 64, latent_dim: int = 64,
+                 num_latents: int = 16, num_heads: int = 4, num_classes: int = 2):
+        super().__init__()
+        self.config = dict(in_channels=in_channels, feature_dim=feature_dim, latent_dim=latent_dim,
+                           num_latents=num_latents, num_heads=num_heads, num_classes=num_classes)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.encoder = SimpleEncoder(in_channels, feature_dim)
+        self.latent_attention = LatentAttention(feature_dim, latent_dim, num_latents, num_heads)
+        self.expert_segmentation = ExpertSegmentation(feature_dim, latent_dim, num_heads,
+                                                      num_classes)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(num_classes, num_classes, kernel_size=3, padding=1),
+            nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False),
+        )
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """With return_attention=True returns (logits, {"latent": [B, heads, K, N],
+        "pixel": [B, heads, N, K]}), N = (H/4)*(W/4)."""
+        _check_images(x, self.in_channels)
+        features = self.encoder(x)                                  # [B, D, h, w]
+        B, D, h, w = features.shape
+        tokens = features.flatten(2).transpose(1, 2)                # [B, N, D]
+        experts, latent_w = self.latent_attention(tokens, return_attention=True) \
+            if return_attention else (self.latent_attention(tokens), None)
+        logits, pixel_w = self.expert_segmentation(tokens, experts, return_attention=True) \
+            if return_attention else (self.expert_segmentation(tokens, experts), None)
+        logits = logits.transpose(1, 2).reshape(B, self.num_classes, h, w)
+        logits = self.decoder(logits)
+        if return_attention:
+            return logits, {"latent": latent_w, "pixel": pixel_w}
+        return logits
+
+
+# ---------------------------------------------------------------------------
+# 2. The series' improvements: each one a named option of LatentSegNet, so
+#    notebook 05 can switch them on one at a time and measure each.
+# ---------------------------------------------------------------------------
+
+def fourier_positions(h: int, w: int, num_frequencies: int = 4,
+                      device: Optional[torch.device] = None) -> torch.Tensor:
+    """2-D sinusoidal position features for an h x w grid, resolution independent.
+
+    Coordinates are scaled to [-1, 1]; returns [h * w, 4 * num_frequencies]
+    (sin and cos of x and y at frequencies (pi/2) * 2**k; the lowest has period 4,
+    so the two edges of the image never alias), row-major like flatten(2).
+    """
+    ys = torch.linspace(-1.0, 1.0, h, device=device)
+    xs = torch.linspace(-1.0, 1.0, w, device=device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    freqs = 0.5 * math.pi * 2.0 ** torch.arange(num_frequencies, device=device, dtype=torch.float32)
+    angles = torch.cat([grid_x.reshape(-1, 1) * freqs, grid_y.reshape(-1, 1) * freqs], dim=1)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm residual cross-attention followed by a pre-norm residual MLP.
+
+    x [B, M, dim] reads context [B, N, dim]:
+        x = x + Attention(LayerNorm(x), LayerNorm(context))
+        x = x + MLP(LayerNorm(x))
+    The residual keeps x's own content: attention adds to it instead of replacing it.
+    With attention=False only the MLP remains (used to measure what attention adds).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 2, attention: bool = True):
+        super().__init__()
+        _check_heads(dim, num_heads)
+        self.use_attention = attention
+        if attention:
+            self.norm_x = nn.LayerNorm(dim)
+            self.norm_context = nn.LayerNorm(dim)
+            self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
+                                 nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                return_attention: bool = False):
+        weights = None
+        if self.use_attention:
+            context = self.norm_context(context)
+            attended, weights = self.attention(self.norm_x(x), context, context,
+                                               need_weights=return_attention,
+                                               average_attn_weights=False)
+            x = x + attended
+        x = x + self.mlp(self.norm_mlp(x))
+        return (x, weights) if return_attention else x
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class LatentSegNet(nn.Module):
+    """The series' improved latent-attention segmenter (notebook 05 builds it step by step).
+
+    encoder (stride 4, BatchNorm) -> tokens [B, N, D] (+ positions) ->
+    `rounds` x (latents read the tokens; tokens read the latents), all pre-norm residual ->
+    decoder (stride-4 logits upsampled x4, or with refine=True a full-resolution
+    refinement that mixes the upsampled tokens with full-resolution stem features).
+
+    Options, each one step of notebook 05's ablation:
+      positions  add 2-D Fourier position features to the tokens
+      rounds     number of read/write rounds (0 is allowed only with attention=False)
+      refine     full-resolution refinement path instead of a plain x4 upsample
+      attention  False removes every attention layer (the pixel path alone; the MLPs stay)
+
+    [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 4)
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, feature_dim: int = 64,
+                 num_latents: int = 16, num_heads: int = 4, rounds: int = 2,
+                 positions: bool = True, refine: bool = True, attention: bool = True,
+                 stem_dim: int = 16):
+        super().__init__()
+        _check_positive(in_channels=in_channels, feature_dim=feature_dim,
+                        num_latents=num_latents, rounds=rounds, stem_dim=stem_dim)
+        _check_heads(feature_dim, num_heads)
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes.")
+        self.config = dict(in_channels=in_channels, num_classes=num_classes,
+                           feature_dim=feature_dim, num_latents=num_latents,
+                           num_heads=num_heads, rounds=rounds, positions=positions,
+                           refine=refine, attention=attention, stem_dim=stem_dim)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.use_positions, self.use_refine, self.use_attention = positions, refine, attention
+        D = feature_dim
+        self.stem = _conv_bn_relu(in_channels, stem_dim)                   # full resolution
+        self.down = nn.Sequential(nn.MaxPool2d(2), _conv_bn_relu(stem_dim, D // 2),
+                                  nn.MaxPool2d(2), _conv_bn_relu(D // 2, D))  # stride 4
+        if positions:
+            self.position_proj = nn.Linear(16, D)
+        if attention:
+            self.latents = nn.Parameter(torch.randn(num_latents, D) * 0.02)
+            self.reads = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
+        self.writes = nn.ModuleList(AttentionBlock(D, num_heads, attention=attention)
+                                    for _ in range(rounds))
+        self.norm_out = nn.LayerNorm(D)
+        if refine:
+            self.refine_proj = nn.Conv2d(D, 32, 1)
+            self.refine = nn.Sequential(_conv_bn_relu(32 + stem_dim, 32),
+                                        nn.Conv2d(32, num_classes, 1))
+        else:
+            self.classifier = nn.Conv2d(D, num_classes, 1)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """With return_attention=True returns (logits, {"latent": [B, heads, K, N],
+        "pixel": [B, heads, N, K]}) from the last round."""
+        _check_images(x, self.in_channels)
+        H, W = x.shape[-2:]
+        stem = self.stem(x)                                          # [B, S, H, W]
+        features = self.down(stem)                                   # [B, D, h, w]
+        B, D, h, w = features.shape
+        tokens = features.flatten(2).transpose(1, 2)                 # [B, N, D]
+        if self.use_positions:
+            tokens = tokens + self.position_proj(fourier_positions(h, w, device=x.device))
+        latent_w = pixel_w = None
+        latents = self.latents.expand(B, -1, -1) if self.use_attention else None
+        for i, write in enumerate(self.writes):
+            if self.use_attention:
+                latents, latent_w = self.reads[i](latents, tokens, return_attention=True)
+            tokens, pixel_w = write(tokens, latents, return_attention=True)
+        features = self.norm_out(tokens).transpose(1, 2).reshape(B, D, h, w)
+        if self.use_refine:
+            up = F.interpolate(self.refine_proj(features), size=(H, W), mode="bilinear",
+                               align_corners=False)
+            logits = self.refine(torch.cat([up, stem], dim=1))
+        else:
+            logits = F.interpolate(self.classifier(features), size=(H, W), mode="bilinear",
+                                   align_corners=False)
+        if return_attention:
+            return logits, {"latent": latent_w, "pixel": pixel_w}
+        return logits
+
+
+class PixelClassifier(nn.Module):
+    """The per-pixel baseline: a 1x1 convolution, so each pixel is classified from its
+    own colour alone. [B, in_channels, H, W] -> [B, num_classes, H, W]"""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, hidden: int = 32):
+        super().__init__()
+        self.config = dict(in_channels=in_channels, num_classes=num_classes, hidden=hidden)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.net = nn.Sequential(nn.Conv2d(in_channels, hidden, 1), nn.ReLU(),
+                                 nn.Conv2d(hidden, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_images(x, self.in_channels)
+        return self.net(x)
+
+
+# ---------------------------------------------------------------------------
+# 3. Data. Everything is synthetic and made here from a seed: nothing is downloaded.
+# ---------------------------------------------------------------------------
+
+CLASS_NAMES = ("background", "circle", "square", "triangle")
+
+
+def _generator(seed: "int | torch.Generator | None") -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def make_noise_batch(batch_size: int = 16, image_size: int = 64, num_classes: int = 2,
+                     in_channels: int = 3, seed: "int | torch.Generator | None" = None):
+    """The tutorial's own data: uniform-noise images and independent random labels.
+
+    Returns images [B, in_channels, H, W] and labels [B, H, W]. Image and label are
+    independent, so nothing can be learned: the best possible cross-entropy is ln(num_classes).
+    """
+    _check_positive(batch_size=batch_size, image_size=image_size)
+    g = _generator(seed)
+    images = torch.rand(batch_size, in_channels, image_size, image_size, generator=g)
+    labels = torch.randint(0, num_classes, (batch_size, image_size, image_size), generator=g)
+    return images, labels
+
+
+def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
+                      seed: "int | torch.Generator | None" = None, max_objects: int = 4,
+                      radius_range: tuple = (0.10, 0.22), noise: float = 0.08):
+    """The series' learnable data: circles, squares and triangles on a coloured background.
+
+    Every object and every background gets a random colour (each channel at least 0.25
+    away from the background's), so colour says "object here" but never which class: the
+    class is the shape, which only spatial context can tell. Later objects occlude earlier
+    ones. radius_range is a fraction of image_size.
+
+    Returns images [B, 3, H, W] (float, roughly [0, 1]) and labels [B, H, W] (int64,
+    0 = background, 1 = circle, 2 = square, 3 = triangle; see CLASS_NAMES).
+    """
+    _check_positive(batch_size=batch_size, image_size=image_size, max_objects=max_objects)
+    if image_size < 16:
+        raise ValueError(f"image_size={image_size} is too small to draw shapes; use 16 or more.")
+    g = _generator(seed)
+    B, S, M = batch_size, image_size, max_objects
+    lo, hi = radius_range
+    background = torch.rand(B, 3, 1, 1, generator=g)
+    num_objects = torch.randint(1, M + 1, (B, 1), generator=g)
+    present = torch.arange(M).unsqueeze(0) < num_objects                       # [B, M]
+    kinds = torch.randint(1, 4, (B, M), generator=g)
+    radius = (lo + (hi - lo) * torch.rand(B, M, generator=g)) * S
+    centre = radius.unsqueeze(-1) + torch.rand(B, M, 2, generator=g) * (S - 2 * radius.unsqueeze(-1))
+    shift = 0.25 + 0.5 * torch.rand(B, M, 3, generator=g)
+    colour = (background.view(B, 1, 3) + shift) % 1.0                          # [B, M, 3]
+
+    coords = torch.arange(S, dtype=torch.float32) + 0.5
+    dy = coords.view(1, 1, S, 1) - centre[..., 1].view(B, M, 1, 1)             # [B, M, S, 1]
+    dx = coords.view(1, 1, 1, S) - centre[..., 0].view(B, M, 1, 1)             # [B, M, 1, S]
+    r = radius.view(B, M, 1, 1)
+    circle = dx ** 2 + dy ** 2 <= r ** 2
+    square = (dx.abs() <= 0.85 * r) & (dy.abs() <= 0.85 * r)
+    triangle = (dy.abs() <= r) & (dx.abs() <= (dy + r) / 2)
+    k = kinds.view(B, M, 1, 1)
+    inside = torch.where(k == 1, circle, torch.where(k == 2, square, triangle))
+    inside = inside & present.view(B, M, 1, 1)                                  # [B, M, S, S]
+
+    # Painter's algorithm: the last object drawn at a pixel is the one you see.
+    order = torch.arange(1, M + 1).view(1, M, 1, 1)
+    top = (inside * order).amax(dim=1)                                          # [B, S, S], 0 = none
+    top_index = (top - 1).clamp(min=0)
+    labels = torch.where(top > 0, kinds.gather(1, top_index.view(B, -1)).view(B, S, S), 0)
+    obj_colour = colour.gather(1, top_index.view(B, -1, 1).expand(-1, -1, 3)).view(B, S, S, 3)
+    images = torch.where((top > 0).unsqueeze(1), obj_colour.permute(0, 3, 1, 2),
+                         background.expand(B, 3, S, S))
+    images = images + noise * torch.randn(B, 3, S, S, generator=g)
+    return images, labels.long()
+
+
+HELDOUT_SEED = 1_000_003  # training streams use small seeds; this one is kept apart
+
+
+def make_heldout_set(num_images: int = 256, image_size: int = 64, **shape_options):
+    """The fixed held-out set every notebook evaluates on (same images on every call).
+
+    Returns images [num_images, 3, H, W] and labels [num_images, H, W].
+    """
+    return make_shapes_batch(num_images, image_size, seed=HELDOUT_SEED, **shape_options)
+
+
+# ---------------------------------------------------------------------------
+# 4. Metrics
+# ---------------------------------------------------------------------------
+
+def confusion_matrix(prediction: torch.Tensor, target: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """Counts [num_classes, num_classes]: row = true class, column = predicted class.
+
+    prediction and target are label maps of the same shape (any shape, e.g. [B, H, W]).
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(prediction.shape)} differs from target shape "
+                         f"{tuple(target.shape)}; pass label maps (argmax over classes), not logits.")
+    _check_labels(target, num_classes)
+    _check_labels(prediction, num_classes)
+    index = target.reshape(-1).long() * num_classes + prediction.reshape(-1).long()
+    return torch.bincount(index.cpu(), minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def per_class_iou(confusion: torch.Tensor) -> torch.Tensor:
+    """IoU of each class from a confusion matrix: TP / (TP + FP + FN), [num_classes].
+
+    A class absent from both prediction and truth has no IoU: its entry is NaN.
+    """
+    confusion = confusion.double()
+    tp = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
+def mean_iou(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean IoU over the classes present in prediction or truth (NaN classes skipped)."""
+    iou = per_class_iou(confusion_matrix(prediction, target, num_classes))
+    return float(iou[~iou.isnan()].mean()) if (~iou.isnan()).any() else float("nan")
+
+
+def pixel_accuracy(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """Fraction of pixels whose predicted class equals the true class."""
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(prediction.shape)} differs from target shape "
+                         f"{tuple(target.shape)}.")
+    return float((prediction == target).double().mean())
+
+
+# ---------------------------------------------------------------------------
+# 5. Training, evaluation, checkpoints
+# ---------------------------------------------------------------------------
+
+def get_device() -> torch.device:
+    """CUDA if present, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Predicted label maps [B, H, W] for images [B, C, H, W], in eval mode, batched."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(images[i:i + batch_size].to(device)).argmax(1).cpu()
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 64) -> dict:
+    """Held-out scores: {"miou", "pixel_accuracy", "per_class_iou" [C], "confusion" [C, C]}."""
+    num_classes = model.num_classes
+    _check_labels(labels, num_classes)
+    prediction = predict(model, images, batch_size)
+    confusion = confusion_matrix(prediction, labels, num_classes)
+    iou = per_class_iou(confusion)
+    return {"miou": float(iou[~iou.isnan()].mean()),
+            "pixel_accuracy": pixel_accuracy(prediction, labels),
+            "per_class_iou": iou, "confusion": confusion}
+
+
+def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 3e-3,
+          image_size: int = 64, seed: int = 0, data: Callable = make_shapes_batch,
+          heldout: Optional[tuple] = None, eval_every: int = 100, schedule: str = "cosine",
+          weight_decay: float = 1e-4, callback: Optional[Callable] = None,
+          device: "torch.device | str | None" = None, progress: bool = True) -> dict:
+    """Train `model` in place with AdamW and cross-entropy on fresh batches from `data`.
+
+    data(batch_size, image_size, seed=generator) -> (images [B, C, H, W], labels [B, H, W]).
+    heldout = (images, labels) is evaluated every `eval_every` steps and at the end.
+    schedule: "cosine" (short linear warm-up, then cosine decay to 0) or "constant".
+    callback(step, history), if given, is called after every step (for live plots).
+
+    Stop-safe: an interrupt (KeyboardInterrupt, e.g. the notebook's stop button) ends
+    training early and still returns the history; the model keeps what it learned.
+
+    Returns the history: {"step", "loss" (per step), "eval_step", "miou" (held out),
+    "seconds", "steps_done", "interrupted", "device"}.
+    """
+    _check_positive(steps=steps, batch_size=batch_size, eval_every=eval_every)
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr={lr} must be a positive finite number, e.g. 3e-3.")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule={schedule!r}: use 'cosine' or 'constant'.")
+    device = torch.device(device) if device is not None else get_device()
+    torch.manual_seed(seed)
+    generator = _generator(seed)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+
+    def lr_factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    history = {"step": [], "loss": [], "eval_step": [], "miou": [], "seconds": 0.0,
+               "steps_done": 0, "interrupted": False, "device": str(device)}
+
+    def run_eval(step: int) -> None:
+        if heldout is not None:
+            history["eval_step"].append(step)
+            history["miou"].append(evaluate(model, *heldout)["miou"])
+
+    from tqdm.auto import tqdm
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc="training", disable=not progress, leave=True)
+    try:
+        for step in bar:
+            images, labels = data(batch_size, image_size, seed=generator)
+            if step == 0:
+                _check_labels(labels, model.num_classes)
+            images, labels = images.to(device), labels.to(device)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            history["step"].append(step + 1)
+            history["loss"].append(loss.item())
+            history["steps_done"] = step + 1
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                run_eval(step + 1)
+                if history["miou"]:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{history['miou'][-1]:.3f}")
+            if callback is not None:
+                callback(step + 1, history)
+    except KeyboardInterrupt:
+        history["interrupted"] = True
+        if history["steps_done"] and (not history["eval_step"]
+                                      or history["eval_step"][-1] != history["steps_done"]):
+            run_eval(history["steps_done"])
+    finally:
+        bar.close()
+        model.eval()
+        history["seconds"] = time.perf_counter() - start
+    return history
+
+
+_MODEL_CLASSES = {cls.__name__: cls for cls in (SegmentationModel, LatentSegNet, PixelClassifier)}
+_CHECKPOINT_FORMAT = "latentseg-checkpoint-1"
+
+
+def save_checkpoint(path: str, model: nn.Module, extra: Optional[dict] = None) -> None:
+    """Write model weights plus the config that rebuilds it, atomically (temp file + rename),
+    so an interrupted save never leaves a half-written checkpoint behind."""
+    name = type(model).__name__
+    if name not in _MODEL_CLASSES:
+        raise ValueError(f"save_checkpoint knows {sorted(_MODEL_CLASSES)}; got {name}.")
+    payload = {"format": _CHECKPOINT_FORMAT, "model_class": name, "config": dict(model.config),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "extra": extra or {}}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str, device: "torch.device | str | None" = None):
+    """Rebuild a model saved by save_checkpoint; returns (model in eval mode, extra dict).
+
+    Loads with weights_only=True, so no pickled code ever runs. A missing, corrupt or
+    mismatched file raises an error that says which and what to do.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}; train a model and save it first.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"checkpoint {path!r} is corrupt or not a latentseg checkpoint "
+                         f"({type(error).__name__}); delete it and train again.") from error
+    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{path!r} is not a latentseg checkpoint (expected format "
+                         f"{_CHECKPOINT_FORMAT!r}); delete it and train again.")
+    name = payload.get("model_class")
+    if name not in _MODEL_CLASSES:
+        raise ValueError(f"checkpoint {path!r} holds an unknown model class {name!r}.")
+    model = _MODEL_CLASSES[name](**payload["config"])
+    result = model.load_state_dict(payload["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"checkpoint {path!r} does not match {name}({payload['config']}): "
+                         f"missing {result.missing_keys[:5]}, unexpected "
+                         f"{result.unexpected_keys[:5]}; delete it and train again.")
+    device = torch.device(device) if device is not None else get_device()
+    return model.to(device).eval(), payload.get("extra", {})
+
+
+# ---------------------------------------------------------------------------
+# 6. Plotting. One colour-blind-safe class palette (Okabe-Ito), used by every figure.
+# ---------------------------------------------------------------------------
+
+CLASS_COLORS = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2",
+                "#D55E00", "#CC79A7")   # background black, then Okabe-Ito orange, sky blue, ...
+
+
+def class_colormap(num_classes: int = len(CLASS_NAMES)):
+    """A ListedColormap with one Okabe-Ito colour per class (use vmin=0, vmax=num_classes-1)."""
+    from matplotlib.colors import ListedColormap
+    if not 1 <= num_classes <= len(CLASS_COLORS):
+        raise ValueError(f"num_classes={num_classes}: the palette has {len(CLASS_COLORS)} colours.")
+    return ListedColormap(CLASS_COLORS[:num_classes])
+
+
+def _class_legend(fig, num_classes: int, names=None) -> None:
+    from matplotlib.patches import Patch
+    names = names or (CLASS_NAMES if num_classes <= len(CLASS_NAMES)
+                      else [f"class {i}" for i in range(num_classes)])
+    handles = [Patch(facecolor=CLASS_COLORS[i], edgecolor="grey", label=names[i])
+               for i in range(num_classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=num_classes, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+
+
+def _show_image(ax, image: torch.Tensor) -> None:
+    ax.imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def _show_labels(ax, labels: torch.Tensor, num_classes: int) -> None:
+    ax.imshow(labels.detach().cpu().numpy(), cmap=class_colormap(num_classes), vmin=0,
+              vmax=num_classes - 1, interpolation="nearest")
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def plot_samples(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 4,
+                 max_images: int = 6, title: str = "Samples: image (top) and truth (bottom)"):
+    """Grid of images [B, 3, H, W] over their label maps [B, H, W], with a class legend."""
+    import matplotlib.pyplot as plt
+    n = min(max_images, len(images))
+    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 3.9), squeeze=False)
+    for i in range(n):
+        _show_image(axes[0, i], images[i])
+        _show_labels(axes[1, i], labels[i], num_classes)
+    axes[0, 0].set_ylabel("image"), axes[1, 0].set_ylabel("truth")
+    fig.suptitle(title)
+    _class_legend(fig, num_classes)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def plot_predictions(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
+                     num_classes: int = 4, max_images: int = 4,
+                     title: str = "Image, truth, prediction and errors"):
+    """Rows of image / truth / prediction / errors (red = wrong pixel) with a class legend."""
+    import matplotlib.pyplot as plt
+    n = min(max_images, len(images))
+    fig, axes = plt.subplots(n, 4, figsize=(7, 1.8 * n + 0.6), squeeze=False)
+    for i in range(n):
+        _show_image(axes[i, 0], images[i])
+        _show_labels(axes[i, 1], labels[i], num_classes)
+        _show_labels(axes[i, 2], predictions[i], num_classes)
+        wrong = (predictions[i] != labels[i]).cpu().numpy()
+        axes[i, 3].imshow(wrong, cmap="Reds", vmin=0, vmax=1, interpolation="nearest")
+        axes[i, 3].set_xticks([]), axes[i, 3].set_yticks([])
+        axes[i, 3].set_ylabel(f"{wrong.mean():.0%} wrong", fontsize=8)
+        axes[i, 3].yaxis.set_label_position("right")
+    for ax, name in zip(axes[0], ("image", "truth", "prediction", "errors")):
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(title)
+    _class_legend(fig, num_classes)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_history(history: dict, title: str = "Training", reference_loss: Optional[float] = None,
+                 fig=None):
+    """Training loss per step (left) and held-out mIoU (right). Pass `fig` to redraw in place.
+
+    reference_loss draws a dashed line (e.g. ln(num_classes), the loss of a uniform guess).
+    """
+    import matplotlib.pyplot as plt
+    if fig is None:
+        fig, _ = plt.subplots(1, 2, figsize=(9, 3.2))
+    loss_ax, miou_ax = fig.axes[:2]
+    loss_ax.clear(), miou_ax.clear()
+    loss_ax.plot(history["step"], history["loss"], lw=1, color=CLASS_COLORS[5], label="loss")
+    if reference_loss is not None:
+        loss_ax.axhline(reference_loss, ls="--", color="grey",
+                        label=f"reference {reference_loss:.4f}")
+    loss_ax.set(xlabel="step", ylabel="cross-entropy", title="training loss")
+    loss_ax.legend(fontsize=8)
+    miou_ax.plot(history["eval_step"], history["miou"], "o-", color=CLASS_COLORS[6])
+    miou_ax.set(xlabel="step", ylabel="mIoU", title="held-out mIoU", ylim=(0, 1))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention(image: torch.Tensor, attention: torch.Tensor, title: str = "",
+                   max_maps: int = 16, labels: Optional[list] = None):
+    """Heatmaps of attention over the image: attention [M, N] with N = h*w tokens,
+    one map per row (e.g. per latent), each upsampled to the image and overlaid on it."""
+    import matplotlib.pyplot as plt
+    H, W = image.shape[-2:]
+    M, N = attention.shape
+    h = int(round(math.sqrt(N * H / W)))
+    w = N // h
+    if h * w != N:
+        raise ValueError(f"attention has {N} tokens, which is not an h x w grid for a {H}x{W} image.")
+    maps = attention[:max_maps].detach().cpu().reshape(-1, 1, h, w)
+    maps = F.interpolate(maps, size=(H, W), mode="nearest")[:, 0]
+    n = len(maps)
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols + 1, figsize=(1.5 * (cols + 1), 1.6 * rows + 0.5),
+                             squeeze=False)
+    base = image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+    for r in range(rows):
+        axes[r, 0].axis("off")
+    _show_image(axes[0, 0], image)
+    axes[0, 0].set_title("image", fontsize=8)
+    for i in range(rows * cols):
+        ax = axes[i // cols, i % cols + 1]
+        ax.axis("off")
+        if i < n:
+            ax.imshow(base.mean(-1), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(maps[i].numpy(), cmap="magma", alpha=0.7)
+            ax.set_title(labels[i] if labels else f"latent {i}", fontsize=8)
+    fig.suptitle(title or "Where each latent looks (attention weight per pixel)")
+    fig.tight_layout()
+    return fig

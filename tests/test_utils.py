@@ -1,0 +1,366 @@
+"""Unit tests of latentseg_utils: shapes, gradients, determinism, metrics, errors, checkpoints."""
+import math
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import latentseg_utils as u  # noqa: E402
+
+
+def small_batch(n=2, size=32, seed=0):
+    return u.make_shapes_batch(n, size, seed=seed)
+
+
+# ---- 1. the tutorial's model ------------------------------------------------
+
+def test_parameter_counts_match_the_tutorial():
+    assert u.count_parameters(u.SegmentationModel()) == 70_504
+    assert u.count_parameters(u.SegmentationModel(num_classes=4)) == 70_744
+
+
+def test_encoder_downsamples_by_four():
+    out = u.SimpleEncoder()(torch.rand(2, 3, 32, 48))
+    assert out.shape == (2, 64, 8, 12)
+    assert (out >= 0).all()  # ends in ReLU + max-pool
+
+
+def test_latent_attention_shapes_and_weights():
+    la = u.LatentAttention(feature_dim=64, latent_dim=32, num_latents=8, num_heads=4)
+    x = torch.rand(3, 20, 64)
+    out = la(x)
+    assert out.shape == (3, 8, 32)
+    out2, w = la(x, return_attention=True)
+    assert torch.allclose(out, out2, atol=1e-6)
+    assert w.shape == (3, 4, 8, 20)
+    assert torch.allclose(w.sum(-1), torch.ones(3, 4, 8), atol=1e-5)
+
+
+def test_expert_segmentation_shapes_and_weights():
+    es = u.ExpertSegmentation(feature_dim=64, latent_dim=32, num_heads=2, num_classes=5)
+    pixels, experts = torch.rand(2, 30, 64), torch.rand(2, 8, 32)
+    logits = es(pixels, experts)
+    assert logits.shape == (2, 30, 5)
+    logits2, w = es(pixels, experts, return_attention=True)
+    assert torch.allclose(logits, logits2, atol=1e-6)
+    assert w.shape == (2, 2, 30, 8)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: u.SegmentationModel(num_classes=4),
+    lambda: u.LatentSegNet(),
+    lambda: u.LatentSegNet(rounds=1, positions=False, refine=False),
+    lambda: u.LatentSegNet(attention=False),
+    lambda: u.PixelClassifier(),
+])
+def test_models_output_shape_and_gradients_reach_every_parameter(make):
+    torch.manual_seed(0)
+    model = make()
+    x, y = small_batch(2, 32)
+    logits = model(x)
+    assert logits.shape == (2, 4, 32, 32)
+    F.cross_entropy(logits, y).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+@pytest.mark.parametrize("make", [lambda: u.SegmentationModel(num_classes=4), lambda: u.LatentSegNet()])
+def test_return_attention_keeps_the_default_output(make):
+    model = make().eval()
+    x, _ = small_batch(2, 32)
+    logits = model(x)
+    logits2, attn = model(x, return_attention=True)
+    assert torch.allclose(logits, logits2, atol=1e-5)
+    n = (32 // 4) ** 2
+    assert attn["latent"].shape == (2, 4, 16, n)
+    assert attn["pixel"].shape == (2, 4, n, 16)
+
+
+def test_latentsegnet_without_attention_has_no_attention_parameters():
+    model = u.LatentSegNet(attention=False)
+    assert not any("attention" in name or "latents" in name for name, _ in model.named_parameters())
+    assert u.count_parameters(model) < u.count_parameters(u.LatentSegNet())
+
+
+def test_fourier_positions_shape_and_range():
+    pos = u.fourier_positions(4, 6)
+    assert pos.shape == (24, 16)
+    assert pos.abs().max() <= 1.0 + 1e-6
+    assert len({tuple(r) for r in pos.round(decimals=4).tolist()}) == 24  # every cell distinct
+
+
+# ---- bad settings ------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [
+    lambda: u.SegmentationModel(latent_dim=64, num_heads=5),
+    lambda: u.LatentAttention(64, 30, 8, 4),
+    lambda: u.ExpertSegmentation(64, 30, 4, 2),
+    lambda: u.LatentSegNet(num_heads=3),
+])
+def test_heads_that_do_not_divide_the_width_are_refused(build):
+    with pytest.raises(ValueError, match="num_heads"):
+        build()
+
+
+@pytest.mark.parametrize("build, word", [
+    (lambda: u.SegmentationModel(num_classes=1), "num_classes"),
+    (lambda: u.LatentSegNet(num_classes=1), "num_classes"),
+    (lambda: u.LatentSegNet(rounds=0), "rounds"),
+    (lambda: u.LatentSegNet(num_latents=0), "num_latents"),
+])
+def test_impossible_settings_are_refused(build, word):
+    with pytest.raises(ValueError, match=word):
+        build()
+
+
+@pytest.mark.parametrize("model", [u.SegmentationModel(), u.LatentSegNet(), u.PixelClassifier()])
+def test_bad_images_get_clear_errors(model):
+    with pytest.raises(ValueError, match="multiple of 4"):
+        model(torch.rand(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        model(torch.rand(3, 32, 32))
+    bad = torch.rand(1, 3, 32, 32)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(bad)
+
+
+def test_labels_outside_the_classes_are_refused():
+    model = u.SegmentationModel(num_classes=2)
+    x, y = small_batch(2, 32)  # labels go up to 3
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        u.train(model, steps=1, progress=False, image_size=32)
+    with pytest.raises(ValueError, match="labels must lie"):
+        u.evaluate(model, x, y)
+    with pytest.raises(ValueError, match="integer"):
+        u.confusion_matrix(y.float(), y.float(), 4)
+
+
+def test_bad_training_settings_are_refused():
+    with pytest.raises(ValueError, match="lr"):
+        u.train(u.PixelClassifier(), steps=1, lr=-1.0, progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        u.train(u.PixelClassifier(), steps=0, progress=False)
+    with pytest.raises(ValueError, match="schedule"):
+        u.train(u.PixelClassifier(), steps=1, schedule="linear", progress=False)
+
+
+# ---- data ----------------------------------------------------------------------
+
+def test_shapes_batch_is_deterministic_and_well_formed():
+    x1, y1 = u.make_shapes_batch(8, 64, seed=3)
+    x2, y2 = u.make_shapes_batch(8, 64, seed=3)
+    x3, _ = u.make_shapes_batch(8, 64, seed=4)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(x1, x3)
+    assert x1.shape == (8, 3, 64, 64) and x1.dtype == torch.float32
+    assert y1.shape == (8, 64, 64) and y1.dtype == torch.int64
+    assert set(y1.unique().tolist()) <= {0, 1, 2, 3}
+    assert ((y1 > 0).flatten(1).any(1)).all(), "every image holds at least one object"
+
+
+def test_all_classes_appear_and_colour_does_not_give_the_class():
+    x, y = u.make_shapes_batch(1024, 32, seed=0, noise=0.0)
+    counts = torch.bincount(y.flatten(), minlength=4)
+    assert (counts > 0).all()
+    # The mean colour of each object class is nearly the same: colour carries no class.
+    means = torch.stack([x.permute(0, 2, 3, 1)[y == c].mean(0) for c in (1, 2, 3)])
+    assert (means.max(0).values - means.min(0).values).max() < 0.04
+
+
+def test_generator_argument_continues_a_stream():
+    g = torch.Generator().manual_seed(0)
+    a, _ = u.make_shapes_batch(2, 32, seed=g)
+    b, _ = u.make_shapes_batch(2, 32, seed=g)
+    assert not torch.equal(a, b)
+
+
+def test_heldout_set_is_fixed():
+    x1, y1 = u.make_heldout_set(4, 32)
+    x2, y2 = u.make_heldout_set(4, 32)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    xt, _ = u.make_shapes_batch(4, 32, seed=0)
+    assert not torch.equal(x1, xt)
+
+
+def test_noise_batch_is_noise():
+    x, y = u.make_noise_batch(4, 32, num_classes=2, seed=0)
+    assert x.shape == (4, 3, 32, 32) and y.shape == (4, 32, 32)
+    assert 0 <= x.min() and x.max() <= 1
+    assert abs(y.float().mean().item() - 0.5) < 0.02
+
+
+def test_bad_data_settings_are_refused():
+    with pytest.raises(ValueError, match="image_size"):
+        u.make_shapes_batch(2, 8)
+    with pytest.raises(ValueError, match="batch_size"):
+        u.make_shapes_batch(0, 64)
+
+
+# ---- metrics ------------------------------------------------------------------
+
+def test_metrics_against_a_hand_computed_case():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 0]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 0]])
+    conf = u.confusion_matrix(pred, target, 4)
+    expected = torch.tensor([[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]])
+    assert torch.equal(conf, expected)
+    iou = u.per_class_iou(conf)
+    # class 0: tp 2, fp 1, fn 1 -> 2/4; class 1: 2/3; class 2: 2/3; class 3 absent -> NaN
+    assert torch.allclose(iou[:3], torch.tensor([0.5, 2 / 3, 2 / 3], dtype=torch.float64))
+    assert math.isnan(iou[3])
+    assert u.mean_iou(pred, target, 4) == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+    assert u.pixel_accuracy(pred, target) == pytest.approx(6 / 8)
+
+
+def test_a_class_predicted_but_absent_from_truth_counts_as_zero():
+    target = torch.tensor([0, 0, 0, 0])
+    pred = torch.tensor([0, 0, 0, 1])
+    assert u.mean_iou(pred, target, 3) == pytest.approx((3 / 4 + 0.0) / 2)
+
+
+def test_metrics_refuse_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        u.confusion_matrix(torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(2, 4, 5, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="shape"):
+        u.pixel_accuracy(torch.zeros(3), torch.zeros(4))
+
+
+# ---- training ---------------------------------------------------------------
+
+def test_training_is_deterministic_under_a_seed():
+    held = u.make_heldout_set(8, 32)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)  # model init
+        model = u.SegmentationModel(num_classes=4)
+        runs.append(u.train(model, steps=5, image_size=32, batch_size=4, heldout=held,
+                            eval_every=5, progress=False, seed=7))
+    assert runs[0]["loss"] == runs[1]["loss"]
+    assert runs[0]["miou"] == runs[1]["miou"]
+    assert runs[0]["steps_done"] == 5 and runs[0]["eval_step"] == [5]
+
+
+def test_callback_sees_every_step_and_an_interrupt_keeps_the_history():
+    seen = []
+
+    def callback(step, history):
+        seen.append(step)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    model = u.PixelClassifier()
+    before = [p.clone() for p in model.parameters()]
+    history = u.train(model, steps=50, image_size=32, batch_size=2, progress=False,
+                      heldout=u.make_heldout_set(4, 32), callback=callback)
+    assert seen == [1, 2, 3]
+    assert history["interrupted"] and history["steps_done"] == 3 and len(history["loss"]) == 3
+    assert history["eval_step"] == [3] and len(history["miou"]) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_get_device_is_a_device():
+    device = u.get_device()
+    assert device.type == ("cuda" if torch.cuda.is_available() else device.type)
+
+
+def test_evaluate_and_predict():
+    model = u.PixelClassifier()
+    x, y = u.make_heldout_set(4, 32)
+    scores = u.evaluate(model, x, y)
+    assert 0 <= scores["miou"] <= 1 and 0 <= scores["pixel_accuracy"] <= 1
+    assert scores["confusion"].sum() == y.numel()
+    assert u.predict(model, x, batch_size=3).shape == y.shape
+
+
+def test_noise_data_stays_at_ln2_while_shapes_data_is_learned():
+    """The lesson of notebook 04, as a held-out check."""
+    def final_loss(data):
+        torch.manual_seed(0)
+        model = u.SegmentationModel(num_classes=2)
+        two_class = (lambda b, s, seed: (lambda x, y: (x, (y > 0).long()))(*data(b, s, seed=seed)))
+        h = u.train(model, steps=150, batch_size=8, image_size=32, lr=1e-3, data=two_class,
+                    progress=False, schedule="constant")
+        return sum(h["loss"][-30:]) / 30
+
+    assert abs(final_loss(u.make_noise_batch) - math.log(2)) < 0.01
+    assert final_loss(u.make_shapes_batch) < math.log(2) - 0.05
+
+
+def test_a_per_pixel_classifier_cannot_solve_the_shapes_data():
+    torch.manual_seed(0)
+    model = u.PixelClassifier()
+    held = u.make_heldout_set(64, 64)
+    h = u.train(model, steps=150, batch_size=16, heldout=held, eval_every=150, progress=False)
+    assert h["miou"][-1] <= 0.5
+
+
+# ---- checkpoints ---------------------------------------------------------------
+
+def test_checkpoint_round_trip(tmp_path):
+    model = u.LatentSegNet(rounds=1).eval()
+    x, _ = small_batch(2, 32)
+    path = tmp_path / "sub" / "model.pt"
+    u.save_checkpoint(str(path), model, extra={"miou": 0.5})
+    loaded, extra = u.load_checkpoint(str(path), device="cpu")
+    assert extra == {"miou": 0.5}
+    assert type(loaded) is u.LatentSegNet and loaded.config == model.config
+    assert torch.equal(u.predict(model, x), u.predict(loaded, x))
+    assert torch.allclose(model(x), loaded(x))
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left
+
+
+def test_corrupt_missing_and_mismatched_checkpoints(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="corrupt"):
+        u.load_checkpoint(str(bad))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        u.load_checkpoint(str(tmp_path / "missing.pt"))
+    good = tmp_path / "good.pt"
+    u.save_checkpoint(str(good), u.PixelClassifier())
+    payload = torch.load(good, weights_only=True)
+    payload["config"]["hidden"] = 8
+    torch.save(payload, good)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        u.load_checkpoint(str(good))
+    torch.save({"something": 1}, good)
+    with pytest.raises(ValueError, match="not a latentseg checkpoint"):
+        u.load_checkpoint(str(good))
+
+
+# ---- plotting ----------------------------------------------------------------
+
+def test_plots_return_titled_figures():
+    x, y = small_batch(3, 32)
+    figs = [u.plot_samples(x, y), u.plot_predictions(x, y, y),
+            u.plot_history({"step": [1, 2], "loss": [1.0, 0.5], "eval_step": [2], "miou": [0.3]},
+                           reference_loss=math.log(2)),
+            u.plot_attention(x[0], torch.rand(4, 64))]
+    for fig in figs:
+        assert fig._suptitle is not None and fig._suptitle.get_text()
+        plt.close(fig)
+    assert len(figs[0].legends) == 1  # the class legend
+
+
+def test_plot_history_redraws_in_place():
+    fig = u.plot_history({"step": [1], "loss": [1.0], "eval_step": [], "miou": []})
+    again = u.plot_history({"step": [1, 2], "loss": [1.0, 0.9], "eval_step": [2], "miou": [0.4]}, fig=fig)
+    assert again is fig and len(fig.axes) == 2
+    plt.close(fig)
+
+
+def test_plot_attention_refuses_a_non_grid():
+    x, _ = small_batch(1, 32)
+    with pytest.raises(ValueError, match="grid"):
+        u.plot_attention(x[0], torch.rand(2, 63))
+
+
+def test_class_colormap_refuses_too_many_classes():
+    with pytest.raises(ValueError, match="palette"):
+        u.class_colormap(99)
