@@ -30,7 +30,7 @@ import torch.nn.functional as F
 __all__ = [
     "SimpleEncoder", "LatentAttention", "ExpertSegmentation", "SegmentationModel",
     "AttentionBlock", "LatentSegNet", "PixelClassifier", "count_parameters",
-    "CLASS_NAMES", "make_shapes_batch", "make_noise_batch", "make_heldout_set",
+    "CLASS_NAMES", "KEY_COLORS", "HELDOUT_SEED", "fourier_positions", "make_shapes_batch", "make_noise_batch", "make_heldout_set",
     "confusion_matrix", "per_class_iou", "mean_iou", "pixel_accuracy",
     "get_device", "train", "evaluate", "predict", "save_checkpoint", "load_checkpoint",
     "CLASS_COLORS", "class_colormap", "plot_samples", "plot_predictions", "plot_history",
@@ -268,6 +268,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
                 return_attention: bool = False):
+        """x [B, M, dim], context [B, N, dim] -> x [B, M, dim] (and weights [B, heads, M, N])."""
         weights = None
         if self.use_attention:
             context = self.norm_context(context)
@@ -288,39 +289,53 @@ class LatentSegNet(nn.Module):
     """The series' improved latent-attention segmenter (notebook 05 builds it step by step).
 
     encoder (stride 4, BatchNorm) -> tokens [B, N, D] (+ positions) ->
-    `rounds` x (latents read the tokens; tokens read the latents), all pre-norm residual ->
+    `rounds` x (latents read the tokens; tokens read the latents), pre-norm residual blocks ->
+    the tokens, concatenated with the encoder's own features (a route around the attention) ->
     decoder (stride-4 logits upsampled x4, or with refine=True a full-resolution
-    refinement that mixes the upsampled tokens with full-resolution stem features).
+    refinement that mixes the upsampled features with full-resolution stem features).
 
-    Options, each one step of notebook 05's ablation:
-      positions  add 2-D Fourier position features to the tokens
-      rounds     number of read/write rounds (0 is allowed only with attention=False)
-      refine     full-resolution refinement path instead of a plain x4 upsample
-      attention  False removes every attention layer (the pixel path alone; the MLPs stay)
+    Options, each one step of notebook 05's ablation (defaults = the series' final model):
+      positions      add 2-D Fourier position features to the tokens, so they know where they are
+      refine         full-resolution refinement path instead of a plain x4 upsample
+      local_loss     weight of an auxiliary loss on a linear classifier of the encoder's own
+                     features; it keeps the convolutions learning shapes even when attention
+                     offers an easier global cue (0 switches it off)
+      encoder_depth  conv layers per encoder stage (1 = the tutorial's two-conv encoder)
+      rounds         read/write rounds of attention
+      attention      False removes every attention layer (the pixel path alone; the MLPs stay)
 
     [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 4)
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, feature_dim: int = 64,
-                 num_latents: int = 16, num_heads: int = 4, rounds: int = 2,
+                 num_latents: int = 16, num_heads: int = 4, rounds: int = 1,
                  positions: bool = True, refine: bool = True, attention: bool = True,
-                 stem_dim: int = 16):
+                 local_loss: float = 0.5, encoder_depth: int = 2,
+                 stem_dim: int = 8, refine_dim: int = 16):
         super().__init__()
         _check_positive(in_channels=in_channels, feature_dim=feature_dim,
-                        num_latents=num_latents, rounds=rounds, stem_dim=stem_dim)
+                        num_latents=num_latents, rounds=rounds, stem_dim=stem_dim,
+                        refine_dim=refine_dim, encoder_depth=encoder_depth)
+        if not (local_loss >= 0 and math.isfinite(local_loss)):
+            raise ValueError(f"local_loss={local_loss} must be a finite number >= 0 (0 turns it off).")
         _check_heads(feature_dim, num_heads)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes.")
         self.config = dict(in_channels=in_channels, num_classes=num_classes,
                            feature_dim=feature_dim, num_latents=num_latents,
                            num_heads=num_heads, rounds=rounds, positions=positions,
-                           refine=refine, attention=attention, stem_dim=stem_dim)
+                           refine=refine, attention=attention,
+                           stem_dim=stem_dim, refine_dim=refine_dim, local_loss=local_loss,
+                           encoder_depth=encoder_depth)
         self.in_channels, self.num_classes = in_channels, num_classes
         self.use_positions, self.use_refine, self.use_attention = positions, refine, attention
+        self.local_loss = float(local_loss)
         D = feature_dim
         self.stem = _conv_bn_relu(in_channels, stem_dim)                   # full resolution
-        self.down = nn.Sequential(nn.MaxPool2d(2), _conv_bn_relu(stem_dim, D // 2),
-                                  nn.MaxPool2d(2), _conv_bn_relu(D // 2, D))  # stride 4
+        def stage(c_in: int, c_out: int) -> list:
+            return [nn.MaxPool2d(2), _conv_bn_relu(c_in, c_out),
+                    *(_conv_bn_relu(c_out, c_out) for _ in range(encoder_depth - 1))]
+        self.down = nn.Sequential(*stage(stem_dim, D // 2), *stage(D // 2, D))    # stride 4
         if positions:
             self.position_proj = nn.Linear(16, D)
         if attention:
@@ -329,31 +344,43 @@ class LatentSegNet(nn.Module):
         self.writes = nn.ModuleList(AttentionBlock(D, num_heads, attention=attention)
                                     for _ in range(rounds))
         self.norm_out = nn.LayerNorm(D)
+        if local_loss > 0:
+            self.local_classifier = nn.Conv2d(D, num_classes, 1)
+        self.fuse = nn.Sequential(nn.Conv2d(2 * D, D, 1, bias=False), nn.BatchNorm2d(D),
+                                  nn.ReLU(inplace=True))
         if refine:
-            self.refine_proj = nn.Conv2d(D, 32, 1)
-            self.refine = nn.Sequential(_conv_bn_relu(32 + stem_dim, 32),
-                                        nn.Conv2d(32, num_classes, 1))
+            self.refine_proj = nn.Conv2d(D, refine_dim, 1)
+            self.refine = nn.Sequential(_conv_bn_relu(refine_dim + stem_dim, refine_dim),
+                                        nn.Conv2d(refine_dim, num_classes, 1))
         else:
             self.classifier = nn.Conv2d(D, num_classes, 1)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """With return_attention=True returns (logits, {"latent": [B, heads, K, N],
-        "pixel": [B, heads, N, K]}) from the last round."""
+    def _run(self, x: torch.Tensor, want_attention: bool):
+        """-> (logits [B, C, H, W], local logits [B, C, h, w] or None, attention dict)."""
         _check_images(x, self.in_channels)
         H, W = x.shape[-2:]
         stem = self.stem(x)                                          # [B, S, H, W]
-        features = self.down(stem)                                   # [B, D, h, w]
-        B, D, h, w = features.shape
-        tokens = features.flatten(2).transpose(1, 2)                 # [B, N, D]
+        local = self.down(stem)                                      # [B, D, h, w]: the encoder's own view
+        B, D, h, w = local.shape
+        local_logits = self.local_classifier(local) if self.local_loss > 0 else None
+        tokens = local.flatten(2).transpose(1, 2)                    # [B, N, D]
         if self.use_positions:
             tokens = tokens + self.position_proj(fourier_positions(h, w, device=x.device))
-        latent_w = pixel_w = None
+        attention = {"latent": None, "pixel": None}
+
+        def apply(block, x, context, key):
+            if not want_attention:
+                return block(x, context)
+            x, attention[key] = block(x, context, return_attention=True)
+            return x
+
         latents = self.latents.expand(B, -1, -1) if self.use_attention else None
         for i, write in enumerate(self.writes):
             if self.use_attention:
-                latents, latent_w = self.reads[i](latents, tokens, return_attention=True)
-            tokens, pixel_w = write(tokens, latents, return_attention=True)
+                latents = apply(self.reads[i], latents, tokens, "latent")  # latents read pixels
+            tokens = apply(write, tokens, latents, "pixel")                # pixels read latents
         features = self.norm_out(tokens).transpose(1, 2).reshape(B, D, h, w)
+        features = self.fuse(torch.cat([local, features], dim=1))   # attention beside, not over, local
         if self.use_refine:
             up = F.interpolate(self.refine_proj(features), size=(H, W), mode="bilinear",
                                align_corners=False)
@@ -361,9 +388,24 @@ class LatentSegNet(nn.Module):
         else:
             logits = F.interpolate(self.classifier(features), size=(H, W), mode="bilinear",
                                    align_corners=False)
-        if return_attention:
-            return logits, {"latent": latent_w, "pixel": pixel_w}
-        return logits
+        return logits, local_logits, attention
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """With return_attention=True returns (logits, {"latent": [B, heads, K, N],
+        "pixel": [B, heads, N, K]}) from the last round (None where attention=False)."""
+        logits, _, attention = self._run(x, return_attention)
+        return (logits, attention) if return_attention else logits
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the output, plus (if local_loss > 0) local_loss times the
+        cross-entropy of a linear classifier on the encoder's own features (before attention)."""
+        logits, local_logits, _ = self._run(images, False)
+        loss = F.cross_entropy(logits, labels)
+        if local_logits is not None:
+            local_logits = F.interpolate(local_logits, size=labels.shape[-2:], mode="bilinear",
+                                         align_corners=False)
+            loss = loss + self.local_loss * F.cross_entropy(local_logits, labels)
+        return loss
 
 
 class PixelClassifier(nn.Module):
@@ -387,6 +429,7 @@ class PixelClassifier(nn.Module):
 # ---------------------------------------------------------------------------
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
+KEY_COLORS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.9]])  # circle, square, triangle
 
 
 def _generator(seed: "int | torch.Generator | None") -> torch.Generator:
@@ -412,14 +455,19 @@ def make_noise_batch(batch_size: int = 16, image_size: int = 64, num_classes: in
 
 
 def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
-                      seed: "int | torch.Generator | None" = None, max_objects: int = 4,
-                      radius_range: tuple = (0.10, 0.22), noise: float = 0.08):
+                      seed: "int | torch.Generator | None" = None, max_objects: int = 3,
+                      radius_range: tuple = (0.14, 0.25), noise: float = 0.08,
+                      key: bool = False):
     """The series' learnable data: circles, squares and triangles on a coloured background.
 
     Every object and every background gets a random colour (each channel at least 0.25
     away from the background's), so colour says "object here" but never which class: the
     class is the shape, which only spatial context can tell. Later objects occlude earlier
     ones. radius_range is a fraction of image_size.
+
+    key=True gives the long-range variant: a frame around the image, in one of KEY_COLORS,
+    names the one shape kind that counts; objects of the other kinds are labelled
+    background. A pixel's class then depends on something far away from it.
 
     Returns images [B, 3, H, W] (float, roughly [0, 1]) and labels [B, H, W] (int64,
     0 = background, 1 = circle, 2 = square, 3 = triangle; see CLASS_NAMES).
@@ -458,6 +506,16 @@ def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
     obj_colour = colour.gather(1, top_index.view(B, -1, 1).expand(-1, -1, 3)).view(B, S, S, 3)
     images = torch.where((top > 0).unsqueeze(1), obj_colour.permute(0, 3, 1, 2),
                          background.expand(B, 3, S, S))
+    if key:
+        # The key names the kind of one of the image's own objects, so there is a target.
+        pick = (torch.rand(B, generator=g) * num_objects.view(B)).long()
+        key_kind = kinds.gather(1, pick.view(B, 1)).view(B, 1, 1)
+        labels = torch.where(labels == key_kind, labels, 0)
+        frame = torch.ones(S, S, dtype=torch.bool)
+        k = S // 16
+        frame[k:S - k, k:S - k] = False
+        images = torch.where(frame, KEY_COLORS[key_kind.view(B) - 1].view(B, 3, 1, 1), images)
+        labels = torch.where(frame, 0, labels)
     images = images + noise * torch.randn(B, 3, S, S, generator=g)
     return images, labels.long()
 
@@ -610,7 +668,10 @@ def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 
             if step == 0:
                 _check_labels(labels, model.num_classes)
             images, labels = images.to(device), labels.to(device)
-            loss = F.cross_entropy(model(images), labels)
+            if hasattr(model, "training_loss"):
+                loss = model.training_loss(images, labels)
+            else:
+                loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -728,8 +789,10 @@ def _show_labels(ax, labels: torch.Tensor, num_classes: int) -> None:
 
 
 def plot_samples(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 4,
-                 max_images: int = 6, title: str = "Samples: image (top) and truth (bottom)"):
-    """Grid of images [B, 3, H, W] over their label maps [B, H, W], with a class legend."""
+                 max_images: int = 6, title: str = "Samples: image (top) and truth (bottom)",
+                 class_names: Optional[list] = None):
+    """Grid of images [B, 3, H, W] over their label maps [B, H, W], with a class legend
+    (class_names overrides CLASS_NAMES in the legend)."""
     import matplotlib.pyplot as plt
     n = min(max_images, len(images))
     fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 3.9), squeeze=False)
@@ -738,7 +801,7 @@ def plot_samples(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 
         _show_labels(axes[1, i], labels[i], num_classes)
     axes[0, 0].set_ylabel("image"), axes[1, 0].set_ylabel("truth")
     fig.suptitle(title)
-    _class_legend(fig, num_classes)
+    _class_legend(fig, num_classes, class_names)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
@@ -768,7 +831,7 @@ def plot_predictions(images: torch.Tensor, labels: torch.Tensor, predictions: to
 
 
 def plot_history(history: dict, title: str = "Training", reference_loss: Optional[float] = None,
-                 fig=None):
+                 fig=None, reference_label: Optional[str] = None):
     """Training loss per step (left) and held-out mIoU (right). Pass `fig` to redraw in place.
 
     reference_loss draws a dashed line (e.g. ln(num_classes), the loss of a uniform guess).
@@ -781,11 +844,14 @@ def plot_history(history: dict, title: str = "Training", reference_loss: Optiona
     loss_ax.plot(history["step"], history["loss"], lw=1, color=CLASS_COLORS[5], label="loss")
     if reference_loss is not None:
         loss_ax.axhline(reference_loss, ls="--", color="grey",
-                        label=f"reference {reference_loss:.4f}")
+                        label=reference_label or f"reference {reference_loss:.4f}")
     loss_ax.set(xlabel="step", ylabel="cross-entropy", title="training loss")
     loss_ax.legend(fontsize=8)
     miou_ax.plot(history["eval_step"], history["miou"], "o-", color=CLASS_COLORS[6])
     miou_ax.set(xlabel="step", ylabel="mIoU", title="held-out mIoU", ylim=(0, 1))
+    if not history["eval_step"]:
+        miou_ax.text(0.5, 0.5, "no held-out set", ha="center", va="center",
+                     transform=miou_ax.transAxes, color="grey")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

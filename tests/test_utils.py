@@ -52,7 +52,8 @@ def test_expert_segmentation_shapes_and_weights():
 @pytest.mark.parametrize("make", [
     lambda: u.SegmentationModel(num_classes=4),
     lambda: u.LatentSegNet(),
-    lambda: u.LatentSegNet(rounds=1, positions=False, refine=False),
+    lambda: u.LatentSegNet(encoder_depth=1, positions=False, refine=False, local_loss=0),
+    lambda: u.LatentSegNet(rounds=2),
     lambda: u.LatentSegNet(attention=False),
     lambda: u.PixelClassifier(),
 ])
@@ -62,7 +63,8 @@ def test_models_output_shape_and_gradients_reach_every_parameter(make):
     x, y = small_batch(2, 32)
     logits = model(x)
     assert logits.shape == (2, 4, 32, 32)
-    F.cross_entropy(logits, y).backward()
+    loss = model.training_loss(x, y) if hasattr(model, "training_loss") else F.cross_entropy(logits, y)
+    loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
 
@@ -83,6 +85,17 @@ def test_latentsegnet_without_attention_has_no_attention_parameters():
     model = u.LatentSegNet(attention=False)
     assert not any("attention" in name or "latents" in name for name, _ in model.named_parameters())
     assert u.count_parameters(model) < u.count_parameters(u.LatentSegNet())
+
+
+def test_local_loss_adds_an_auxiliary_term():
+    torch.manual_seed(0)
+    with_aux = u.LatentSegNet(local_loss=0.5)
+    torch.manual_seed(0)
+    without = u.LatentSegNet(local_loss=0)
+    x, y = small_batch(2, 32)
+    plain = F.cross_entropy(without(x), y)
+    assert torch.allclose(without.training_loss(x, y), plain)
+    assert with_aux.training_loss(x, y) > F.cross_entropy(with_aux(x), y)
 
 
 def test_fourier_positions_shape_and_range():
@@ -110,6 +123,8 @@ def test_heads_that_do_not_divide_the_width_are_refused(build):
     (lambda: u.LatentSegNet(num_classes=1), "num_classes"),
     (lambda: u.LatentSegNet(rounds=0), "rounds"),
     (lambda: u.LatentSegNet(num_latents=0), "num_latents"),
+    (lambda: u.LatentSegNet(encoder_depth=0), "encoder_depth"),
+    (lambda: u.LatentSegNet(local_loss=-1), "local_loss"),
 ])
 def test_impossible_settings_are_refused(build, word):
     with pytest.raises(ValueError, match=word):
@@ -186,6 +201,21 @@ def test_heldout_set_is_fixed():
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     xt, _ = u.make_shapes_batch(4, 32, seed=0)
     assert not torch.equal(x1, xt)
+
+
+def test_key_variant_labels_only_the_shape_the_key_names():
+    x, y = u.make_shapes_batch(64, 64, seed=1, key=True, noise=0.0)
+    _, y_plain = u.make_shapes_batch(64, 64, seed=1, noise=0.0)
+    k = 64 // 16  # the frame's width
+    for i in range(64):
+        key_colour = x[i, :, 0, 0]
+        kind = int((u.KEY_COLORS - key_colour).abs().sum(1).argmin()) + 1
+        assert torch.allclose(x[i, :, :k, :], key_colour.view(3, 1, 1).expand(3, k, 64))
+        assert torch.allclose(x[i, :, :, -k:], key_colour.view(3, 1, 1).expand(3, 64, k))
+        assert (y[i, :k] == 0).all() and (y[i, :, -k:] == 0).all()
+        assert set(y[i].unique().tolist()) <= {0, kind}
+        assert (y[i] == kind).any(), "the key names a shape that is in the image"
+    assert (y > 0).sum() < (y_plain > 0).sum()
 
 
 def test_noise_batch_is_noise():
