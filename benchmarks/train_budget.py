@@ -37,7 +37,8 @@ anneals to the end of the budget), so they are lower than what a run with that s
 would reach.
 
 Usage:
-  python benchmarks/train_budget.py                          # all models, 60 s each (~8 min)
+  python benchmarks/train_budget.py                          # all models, 60 s each (7-9 min)
+  python benchmarks/train_budget.py --threads 1              # steadier on a CPU shared with other work
   python benchmarks/train_budget.py --budget 20 --models final unet --out /tmp/results
 Writes OUT/train_budget.md (table, targets, machine), OUT/train_budget.json (raw numbers and
 the mIoU-vs-time curves) and OUT/train_budget.png (mIoU against training seconds).
