@@ -23,8 +23,11 @@ class Notebook:
     def md(self, text: str) -> None:
         self.cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
 
-    def code(self, text: str, hidden: bool = False, verbatim: bool = False) -> None:
+    def code(self, text: str, hidden: bool = False, verbatim: bool = False,
+             tags: list = None) -> None:
         cell = nbformat.v4.new_code_cell(text if verbatim else text.strip("\n"))
+        if tags:
+            cell.metadata["tags"] = list(tags)
         if hidden:  # collapsed in JupyterLab; shown as a titled form in Colab
             cell.metadata["jupyter"] = {"source_hidden": True}
             cell.metadata["cellView"] = "form"
