@@ -10,52 +10,7 @@ Then execute it for commit (Restart & Run All equivalent):
 
 Edit the text here, not in the .ipynb file, so the notebook stays reproducible.
 """
-import os
-
-import nbformat
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-NOTEBOOKS = os.path.dirname(HERE)
-
-
-class Notebook:
-    """Collect cells in order; write() gives them stable ids (prefix-00, prefix-01, ...)."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.cells = []
-
-    def md(self, text: str) -> None:
-        self.cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
-
-    def code(self, text: str, hidden: bool = False) -> None:
-        cell = nbformat.v4.new_code_cell(text.strip("\n"))
-        if hidden:  # collapsed in JupyterLab; shown as a titled form in Colab
-            cell.metadata["jupyter"] = {"source_hidden": True}
-            cell.metadata["cellView"] = "form"
-        self.cells.append(cell)
-
-    def write(self, name: str) -> str:
-        nb = nbformat.v4.new_notebook()
-        nb.metadata = {
-            "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
-                           "name": "python3"},
-            "language_info": {"name": "python"},
-        }
-        for i, cell in enumerate(self.cells):
-            cell["id"] = f"{self.prefix}-{i:02d}"
-        nb.cells = self.cells
-        nbformat.validate(nb)
-        path = os.path.join(NOTEBOOKS, name)
-        with open(path, "w") as f:
-            nbformat.write(nb, f)
-        return path
-
-
-def setup_cell_source() -> str:
-    """The series' shared first code cell, word for word."""
-    with open(os.path.join(NOTEBOOKS, ".setup_cell.txt")) as f:
-        return f.read()
+from nbtools import Notebook, setup_cell_source
 
 
 def notebook_04() -> Notebook:
@@ -82,7 +37,7 @@ The first code cell is the series' setup. In Colab it fetches `latentseg_utils.p
 release) and installs what Colab lacks. On your own machine it does nothing except make the
 module importable.
 """)
-    nb.code(setup_cell_source())
+    nb.code(setup_cell_source(), verbatim=True)   # word for word
     nb.md(r"""
 The imports, a fixed seed so that every number below is the same on every run, and the device
 (printed so that a bug report says what you ran). `u` is the series' shared module; section 2
