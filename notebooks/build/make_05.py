@@ -15,7 +15,8 @@ After this notebook you can train the tutorial's model and say, with evidence, w
 you will have rebuilt it into a model that reaches over 0.90 held-out mIoU, one measured step
 at a time, and you will know when its latent attention earns its place and when it does not.
 
-**Run time:** about 5 minutes on a 2-core CPU (eight short trainings); well under a minute on a GPU.
+**Run time:** ten trainings; on a quiet 2-core CPU count several minutes (the table's `seconds`
+column shows what each took when this copy was run, on a heavily shared CPU); far less on a GPU.
 
 **What you will learn**
 1. How the tutorial's `SegmentationModel` does on a data set it *can* learn (notebook 04): it stalls.
@@ -118,8 +119,8 @@ nb.code(r'''
 print("tutorial model stalls below 0.5 mIoU:", faithful_scores["miou"] < 0.5)
 ''')
 nb.md(r"""
-Its predictions make the failure visible: the objects are found roughly, but as blobs, and with
-the wrong class as often as the right one.
+Its predictions make the failure visible: at this budget it has settled on the safest answer,
+background almost everywhere, which is why its score sits on the floor.
 """)
 nb.code(r'''
 predictions = u.predict(faithful, heldout[0][:4])
@@ -394,8 +395,8 @@ for name, a, b in zip(u.CLASS_NAMES, final_scores["per_class_iou"], final_plain_
 nb.md(r"""
 Plainly: on this data, attention adds little. That is not a flaw of the implementation but a fact
 about the task. A pixel's class is decided by the shape around it, and a deeper convolutional
-path sees the whole shape by itself. Global context has nothing left to contribute except a
-cleaner background (the one class where the two differ most).
+path sees the whole shape by itself. Global context has nothing left to contribute: the two
+models differ by a few thousandths, within what another seed would change.
 
 So where *does* latent attention pay? Where a pixel's class depends on something far from it.
 `u.make_shapes_batch(..., key=True)` draws a coloured frame around each image; its colour
