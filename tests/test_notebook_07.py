@@ -1,0 +1,70 @@
+"""Notebook 07 (beyond the tutorial): the committed notebook matches its build script and the
+series' anatomy. nbval executes it separately (pytest.ini runs it over notebooks/)."""
+import json
+import os
+import re
+import runpy
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "notebooks", "build")
+NOTEBOOK = os.path.join(ROOT, "notebooks", "07_beyond.ipynb")
+
+
+@pytest.fixture(scope="module")
+def committed():
+    with open(NOTEBOOK) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def built_cells(monkeypatch_module):
+    """The cells make_07.py would write, captured instead of written."""
+    sys.path.insert(0, BUILD)
+    import nbtools
+    captured = {}
+    monkeypatch_module.setattr(nbtools.Notebook, "write",
+                               lambda self, name: captured.setdefault("cells", self.cells))
+    monkeypatch_module.delenv("MAKE07_STEPS", raising=False)
+    runpy.run_path(os.path.join(BUILD, "make_07.py"), run_name="__main__")
+    return captured["cells"]
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def source(cell):
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_committed_notebook_matches_its_build_script(committed, built_cells):
+    assert [c["cell_type"] for c in committed["cells"]] == [c.cell_type for c in built_cells]
+    for i, (mine, built) in enumerate(zip(committed["cells"], built_cells)):
+        assert source(mine) == built.source, f"cell {i} differs: rerun make_07.py and execute it"
+
+
+def test_anatomy(committed):
+    cells = committed["cells"]
+    assert cells[0]["cell_type"] == "markdown" and source(cells[0]).startswith("# 07 ")
+    assert "Run time" in source(cells[0])
+    with open(os.path.join(ROOT, "notebooks", ".setup_cell.txt")) as f:
+        assert source(cells[1]) == f.read()
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), \
+        "execute the notebook top to bottom once before committing"
+    for c in code:
+        for out in c["outputs"]:
+            assert out["output_type"] != "error", source(c)[:80]
+            assert out.get("name") != "stderr" or "NBVAL_IGNORE_OUTPUT" in source(c), source(c)[:80]
+            assert out["output_type"] != "execute_result", f"cell ends with an expression: {source(c)[:80]}"
+    trains = [c for c in code if re.search(r"^(train_variant|u\.train)\(", source(c), re.M)]
+    assert len(trains) == 3 and all("NBVAL_IGNORE_OUTPUT" in source(c) for c in trains), \
+        "every cell that trains (progress bar) must be marked NBVAL_IGNORE_OUTPUT"
+    text = json.dumps(committed)
+    assert "/work/" not in text and "/tmp/" not in text, "no machine paths in the notebook"
