@@ -790,13 +790,13 @@ print("every class spreads over at least 80% of the latents in every split:",
 nb.md(r"""
 **What the measurement says.** In this run, splitting the latent width more finely did **not**
 make the latents more specialised. In every split, each class spreads its attention almost
-evenly over nearly all the latents: the class-usage entropy stays within about a hundredth of 1,
-and the effective number of latents stays close to K. The differences between the splits are
-in the third decimal. The heat maps show the same: most entries are pale (close to 1/K). The few
-latents that stand out are favoured by the background or by objects in general. In the finest
-split the three shapes favour the same group of latents, so what little structure there is
-separates objects from background, not one shape from another. Accuracy moved by about a
-hundredth, which one seed per split cannot rank.
+evenly over nearly all the latents: the class-usage entropy stays at 0.98 or above, and the
+effective number of latents stays close to K. The differences between the splits are in the
+third decimal. The heat maps show the same: most entries are pale (close to 1/K). The latents
+that stand out are favoured by the background, or by the three shapes alike, so what little
+structure there is separates objects from background rather than one shape from another.
+Notebook 06 measured the same on the fully trained model. Accuracy moved by one or two
+hundredths, which one seed per split cannot rank.
 
 That is what the differences listed above predict. DeepSeekMoE's experts specialise because a
 router sends each token to only a few of them, so each expert's own weights are trained only on
@@ -954,7 +954,7 @@ nb.md(r"""
   caches 576 numbers per token per layer instead of 32,768 at DeepSeek-V2's sizes.
 - DeepSeekMoE splits experts into more, smaller routed experts, plus shared ones, at equal
   parameters and compute. Our analogue splits the same latent width into more, narrower latents
-  at equal attention compute. Measured here, it moved accuracy by about a hundredth and did
+  at equal attention compute. Measured here, it moved accuracy by one or two hundredths and did
   not make the latents more class-specific: every class still spreads over nearly all of them.
   Routing, sparsity and load balancing, which make DeepSeekMoE's experts specialise, have no
   counterpart in our model.
