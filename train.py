@@ -122,10 +122,17 @@ def main(argv: "list[str] | None" = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
 
-    import matplotlib
-    matplotlib.use("Agg")                      # files only: no window, no display needed
-    import matplotlib.pyplot as plt
-    import torch
+    try:
+        import matplotlib
+        matplotlib.use("Agg")                  # files only: no window, no display needed
+        import matplotlib.pyplot as plt
+        import torch
+        import tqdm  # noqa: F401  (the progress bar of latentseg_utils.train)
+    except ImportError as error:
+        print(f"train.py: error: {error.name} is not installed in this Python ({sys.executable}); "
+              "activate the series' environment or run: pip install -r requirements.txt",
+              file=sys.stderr)
+        return 1
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import latentseg_utils as u

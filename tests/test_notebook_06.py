@@ -50,7 +50,8 @@ def text_of(outputs):
 
 def test_title_setup_and_imports(nb):
     title = source(nb["cells"][0])
-    assert nb["cells"][0]["cell_type"] == "markdown" and title.startswith("# 06 ")
+    assert nb["cells"][0]["cell_type"] == "markdown" and title.startswith("[![Open In Colab]")
+    assert title.split("\n\n", 1)[1].startswith("# 06 "), "the title follows the Colab badge"
     assert "Run time" in title and "What you will learn" in title
     cells = code_cells(nb)
     assert source(cells[0]) == (NOTEBOOKS / ".setup_cell.txt").read_text(), \
@@ -122,9 +123,11 @@ def test_committed_sources_match_the_builder(nb):
     sys.path.insert(0, str(NOTEBOOKS / "build"))
     try:
         import make_06
+        from nbtools import with_colab_badge
     finally:
         sys.path.pop(0)
     built = make_06.notebook_06().cells
+    built[0].source = with_colab_badge(built[0].source, "06_visualization.ipynb")  # as write() does
     assert [(c.cell_type, c.source) for c in built] == \
         [(c["cell_type"], source(c)) for c in nb["cells"]], \
         "edit notebooks/build/make_06.py, then run it with --execute"

@@ -29,7 +29,9 @@ def built_cells(monkeypatch_module):
                                lambda self, name: captured.setdefault("cells", self.cells))
     monkeypatch_module.delenv("MAKE07_STEPS", raising=False)
     runpy.run_path(os.path.join(BUILD, "make_07.py"), run_name="__main__")
-    return captured["cells"]
+    cells = captured["cells"]
+    cells[0].source = nbtools.with_colab_badge(cells[0].source, "07_beyond.ipynb")  # as write() does
+    return cells
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def test_committed_notebook_matches_its_build_script(committed, built_cells):
 
 def test_anatomy(committed):
     cells = committed["cells"]
-    assert cells[0]["cell_type"] == "markdown" and source(cells[0]).startswith("# 07 ")
+    assert cells[0]["cell_type"] == "markdown" and source(cells[0]).startswith("[![Open In Colab]")
+    assert source(cells[0]).split("\n\n", 1)[1].startswith("# 07 "), "the title follows the badge"
     assert "Run time" in source(cells[0])
     with open(os.path.join(ROOT, "notebooks", ".setup_cell.txt")) as f:
         assert source(cells[1]) == f.read()

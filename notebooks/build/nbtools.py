@@ -1,5 +1,6 @@
-"""Small helpers to write notebooks with nbformat (used by make_01_03.py)."""
+"""Small helpers to write notebooks with nbformat (used by the make_*.py scripts)."""
 import os
+import re
 
 import nbformat
 
@@ -11,6 +12,40 @@ def setup_cell_source() -> str:
     """The series' shared first code cell, word for word."""
     with open(os.path.join(NOTEBOOKS, ".setup_cell.txt")) as f:
         return f.read()
+
+
+COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def repository_and_ref() -> "tuple[str, str]":
+    """("owner/name", "ref") of the release the setup cell fetches the modules from.
+
+    The repository URL is set in one place, the setup cell's LATENTSEG_URL; the Colab badges
+    open the notebooks from the same repository and the same ref, so notebook and module match.
+    """
+    match = re.search(r"https://raw\.githubusercontent\.com/([^/]+/[^/]+)/([^/]+)/latentseg_utils\.py",
+                      setup_cell_source())
+    if match is None:
+        raise ValueError("notebooks/.setup_cell.txt: LATENTSEG_URL is not a raw.githubusercontent.com "
+                         "URL of latentseg_utils.py; fix it there, then run sync_setup_cell.py")
+    return match.group(1), match.group(2)
+
+
+def colab_badge(name: str) -> str:
+    """Markdown for an Open-in-Colab badge that opens notebooks/<name> of the pinned release."""
+    repo, ref = repository_and_ref()
+    url = f"https://colab.research.google.com/github/{repo}/blob/{ref}/notebooks/{name}"
+    return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({url})"
+
+
+def with_colab_badge(markdown: str, name: str) -> str:
+    """The notebook's first markdown cell with its badge as the first line (replacing an old one)."""
+    lines = markdown.split("\n")
+    if lines and lines[0].startswith("[![Open In Colab]"):
+        lines = lines[1:]
+        while lines and not lines[0].strip():
+            lines = lines[1:]
+    return colab_badge(name) + "\n\n" + "\n".join(lines)
 
 
 class Notebook:
@@ -43,6 +78,8 @@ class Notebook:
         for i, cell in enumerate(self.cells):
             cell["id"] = f"{self.prefix}-{i:02d}"
         nb.cells = self.cells
+        first_markdown = next(c for c in nb.cells if c.cell_type == "markdown")
+        first_markdown.source = with_colab_badge(first_markdown.source, name)
         nbformat.validate(nb)
         path = os.path.join(NOTEBOOKS, name)
         with open(path, "w") as f:
