@@ -15,8 +15,8 @@ After this notebook you can train the tutorial's model and say, with evidence, w
 you will have rebuilt it into a model that reaches over 0.90 held-out mIoU, one measured step
 at a time, and you will know when its latent attention earns its place and when it does not.
 
-**Run time:** ten trainings; on a quiet 2-core CPU count several minutes (the table's `seconds`
-column shows what each took when this copy was run, on a heavily shared CPU); far less on a GPU.
+**Run time:** ten trainings, about five minutes on a quiet 2-core CPU (the tables' `seconds`
+column shows what each training took when this copy was run); far less on a GPU.
 
 **What you will learn**
 1. How the tutorial's `SegmentationModel` does on a data set it *can* learn (notebook 04): it stalls.
@@ -57,19 +57,21 @@ model and its twin without attention get `FINAL_STEPS`.
 
 `run` is the one place where a model is built, trained and scored. It seeds the weights, so
 every row is reproducible, and it appends a row to `table`: name, held-out mIoU, parameters and
-training seconds.
+training seconds. Only the two models whose curves we plot are scored during training too.
 """)
 nb.code(r'''
 ABLATION_STEPS, FINAL_STEPS = 300, 800
 heldout = u.make_heldout_set()          # 256 images, the same on every call
 table = []
 
-def run(name, make_model, steps, data=u.make_shapes_batch, heldout=heldout):
-    """Seed, build, train and score one model; add its row to `table`."""
+def run(name, make_model, steps, data=u.make_shapes_batch, heldout=heldout, curves=False):
+    """Seed, build, train and score one model; add its row to `table`.
+    curves=True also scores the held-out set four times during training, for a plot."""
     torch.manual_seed(0)
     model = make_model()
     history = u.train(model, steps=steps, batch_size=16, lr=3e-3, seed=0, data=data,
-                      heldout=heldout, eval_every=max(1, steps // 4), device=device)
+                      heldout=heldout if curves else None, eval_every=max(1, steps // 4),
+                      device=device)
     scores = u.evaluate(model, *heldout)
     table.append(dict(name=name, steps=steps, miou=scores["miou"],
                       params=u.count_parameters(model), seconds=history["seconds"]))
@@ -92,7 +94,8 @@ object classes 0), so that is the floor to beat.
 nb.code(r'''
 # NBVAL_IGNORE_OUTPUT
 faithful, faithful_history, faithful_scores = run(
-    "0  tutorial SegmentationModel", lambda: u.SegmentationModel(num_classes=4), ABLATION_STEPS)
+    "0  tutorial SegmentationModel", lambda: u.SegmentationModel(num_classes=4), ABLATION_STEPS,
+    curves=True)
 ''')
 nb.md(r"""
 The training curves: the loss falls at first (the model learns that most pixels are background),
@@ -328,7 +331,7 @@ trained for `FINAL_STEPS`.
 nb.code(r'''
 # NBVAL_IGNORE_OUTPUT
 final, final_history, final_scores = run("5  final: + deeper encoder (LatentSegNet())",
-                                         lambda: u.LatentSegNet(), FINAL_STEPS)
+                                         lambda: u.LatentSegNet(), FINAL_STEPS, curves=True)
 ''')
 nb.md(r"""
 And its twin with the attention removed, same budget, same seed: the pixel path alone.
