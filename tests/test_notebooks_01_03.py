@@ -58,7 +58,8 @@ def text_of(outputs):
 def test_title_then_shared_setup_cell(name):
     nb = load(name)
     title = source(nb["cells"][0])
-    assert nb["cells"][0]["cell_type"] == "markdown" and title.startswith(f"# {name[:2]} ")
+    assert nb["cells"][0]["cell_type"] == "markdown" and title.startswith("[![Open In Colab]")
+    assert title.split("\n\n", 1)[1].startswith(f"# {name[:2]} "), "the title follows the badge"
     assert "Run time" in title and "What you will learn" in title
     setup = source(code_cells(nb)[0])
     assert setup == source(code_cells(load(NAMES[0]))[0]), "notebooks must share one setup cell"

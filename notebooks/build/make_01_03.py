@@ -50,7 +50,7 @@ After this notebook you can build the tutorial's `SimpleEncoder` from its four l
 the shape after each of them, and compute and draw the part of the image that one of its
 output cells sees.
 
-**Run time:** about 25 seconds on a 2-core CPU. Nothing is trained.
+**Run time:** under 10 seconds on a quiet 2-core CPU. Nothing is trained.
 
 **What you will learn**
 1. What the tutorial's encoder does to a real image, one layer at a time, with the shape after every layer.
@@ -598,7 +598,7 @@ After this notebook you can write attention and multi-head attention from scratc
 equal PyTorch's, and build the tutorial's `LatentAttention`, in which 16 learned latents read
 an image's pixel features. You will also be able to say, with measurements, why it reads through latents.
 
-**Run time:** about 25 seconds on a 2-core CPU. Nothing is trained.
+**Run time:** under 10 seconds on a quiet 2-core CPU. Nothing is trained.
 
 **What you will learn**
 1. Scaled dot-product attention, $\mathrm{softmax}(QK^\top/\sqrt{d})\,V$, in three lines, and why the $\sqrt{d}$ is there (measured).
@@ -1222,7 +1222,7 @@ the 16 experts and a linear head gives its class logits, and assemble the whole
 `SegmentationModel`, accounting for each of its 70,504 parameters. You will also be able to
 place the model beside Perceiver IO and MaskFormer.
 
-**Run time:** about 25 seconds on a 2-core CPU. Nothing is trained.
+**Run time:** under 10 seconds on a quiet 2-core CPU. Nothing is trained.
 
 **What you will learn**
 1. Pixels as queries over the experts: the second cross-attention, which runs the other way.

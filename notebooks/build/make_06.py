@@ -27,9 +27,9 @@ own: draw its predictions and errors, read a confusion matrix and per-class IoU,
 attention in both directions (what each expert reads, which expert each pixel reads), measure
 whether the "experts" specialise, and find and explain its worst failures.
 
-**Run time:** about a minute on a 2-core CPU when the trained model's checkpoint is present
+**Run time:** about 15 seconds on a quiet 2-core CPU when the trained model's checkpoint is present
 (`notebooks/checkpoints/latentsegnet.pt`, written by notebook 05). Without it the notebook first
-trains the model itself, which adds about 2 minutes (longer on a busy machine).
+trains the model itself, which adds about a minute (longer on a busy machine).
 
 **What you will learn**
 1. How to load a saved model, and what to do when the file is missing or damaged.

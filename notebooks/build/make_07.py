@@ -22,7 +22,7 @@ notebook you can say where its latent attention really comes from (Perceiver IO,
 queries), build DeepSeek-V2's Multi-head Latent Attention and measure what it saves, and try
 DeepSeekMoE's fine-grained experts on our own model, measured.
 
-**Run time:** about 3 minutes on a 2-core CPU (three short trainings in section 3, under a
+**Run time:** about 2 minutes on a quiet 2-core CPU (three short trainings in section 3, under a
 minute each); well under a minute on a GPU.
 
 **What you will learn**
