@@ -1,10 +1,12 @@
-"""Real-browser test of the training panel: JupyterLab on 127.0.0.1 and headless Chromium.
+"""Real-browser test of the training panel: JupyterLab, and Notebook 7, on 127.0.0.1 in
+headless Chromium.
 
 Notebook 05 trains for minutes, so the test runs only what the panel needs: a copy of 05
 holding its setup cell (first code cell), its imports cell (second code cell) and the cell
 tagged "widget-panel", in a temporary copy of the repository's layout. JupyterLab runs that
 copy (Run All); the test moves the `steps` slider, clicks Train, and checks that the live
 plot changed while training, that predictions appeared, and that no cell shows an error.
+The same is then done in Notebook 7, the other front end the widgets must render in.
 
 LATENTSEG_UPDATE_SCREENSHOT=1 also saves the panel after training as docs/training_panel.png.
 """
@@ -77,10 +79,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """JupyterLab on 127.0.0.1 with a temporary token, serving a temporary copy of the
-    repository's layout; yields (base URL, token, notebook path relative to the root)."""
+# front end -> (jupyter subcommand, its app's config class, the notebook's URL path)
+FRONT_ENDS = {"jupyterlab": ("lab", "LabApp", "lab/tree"),
+              "notebook7": ("notebook", "JupyterNotebookApp", "notebooks")}
+
+
+@pytest.fixture(params=list(FRONT_ENDS))
+def lab(tmp_path, request):
+    """JupyterLab (or Notebook 7) on 127.0.0.1 with a temporary token, serving a temporary copy
+    of the repository's layout; yields (base URL, token, notebook URL path, front end)."""
     if not landed(NOTEBOOK):
         pytest.skip("notebooks/05_training.ipynb has not landed (is not committed) yet: the "
                     "browser test drives its widget-panel cell")
@@ -111,12 +118,16 @@ def lab(tmp_path):
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"),
                IPYTHONDIR=str(tmp_path / "ipython"), OMP_NUM_THREADS="1")
+    subcommand, app, url_path = FRONT_ENDS[request.param]
+    options = [f"--{app}.expose_app_in_browser=True"]
+    if subcommand == "lab":
+        options += ["--LabApp.news_url=None",
+                    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     log = open(tmp_path / "jupyterlab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
-         f"--port={port}", f"--IdentityProvider.token={token}", "--LabApp.news_url=None",
-         "--allow-root", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        [sys.executable, "-m", "jupyter", subcommand, "--no-browser", "--ip=127.0.0.1",
+         f"--port={port}", f"--IdentityProvider.token={token}",
+         "--allow-root", f"--ServerApp.root_dir={root}", *options],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -129,9 +140,9 @@ def lab(tmp_path):
             except OSError:
                 pass
             assert server.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "JupyterLab did not start in 90 s"
+            assert time.monotonic() < deadline, f"jupyter {subcommand} did not start in 90 s"
             time.sleep(0.5)
-        yield base, token, "notebooks/panel.ipynb"
+        yield base, token, f"{url_path}/notebooks/panel.ipynb", request.param
     finally:
         try:   # a clean shutdown stops the kernels too
             request = urllib.request.Request(f"{base}/api/shutdown", method="POST",
@@ -149,23 +160,37 @@ def lab(tmp_path):
         log.close()
 
 
-def test_training_panel_in_jupyterlab(lab, tmp_path):
+# The notebook's kernel as the front end sees it: started, connected and idle (both front ends
+# expose the app as window.jupyterapp; its current widget is the open notebook).
+KERNEL_IDLE = """() => {
+  const widget = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  const session = widget && widget.sessionContext && widget.sessionContext.session;
+  const kernel = session && session.kernel;
+  return !!kernel && kernel.connectionStatus === "connected" && kernel.status === "idle";
+}"""
+
+
+def test_training_panel_in_the_browser(lab, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    base, token, notebook = lab
+    base, token, notebook, front_end = lab
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
         try:
             page.set_default_timeout(120_000)
-            page.goto(f"{base}/lab/tree/{notebook}?token={token}")
-            page.wait_for_selector("#jupyterlab-splash", state="detached")
-            # Ready when the status bar says the kernel is idle (the toolbar's indicator
-            # says "idle" while the kernel is still starting, and a run sent then is lost).
-            idle = '.jp-Notebook-ExecutionIndicator[data-status="idle"]'
-            expect(page.locator(".jp-StatusBar-Widget").filter(
-                has_text=re.compile(r"\| Idle"))).to_have_count(1, timeout=120_000)
-            page.wait_for_selector(idle)
+            page.goto(f"{base}/{notebook}?token={token}")
+
+            def wait_idle():
+                page.wait_for_function(KERNEL_IDLE, timeout=120_000, polling=250)
+
+            if front_end == "jupyterlab":
+                page.wait_for_selector("#jupyterlab-splash", state="detached")
+                # Ready when the status bar says the kernel is idle (the toolbar's indicator
+                # says "idle" while the kernel is still starting, and a run sent then is lost).
+                expect(page.locator(".jp-StatusBar-Widget").filter(
+                    has_text=re.compile(r"\| Idle"))).to_have_count(1, timeout=120_000)
+            wait_idle()
             # Run All (not awaited: the command's promise settles only when every cell ran).
             page.evaluate("() => { window.jupyterapp.commands.execute("
                           "'notebook:run-all-cells'); }")
@@ -173,7 +198,7 @@ def test_training_panel_in_jupyterlab(lab, tmp_path):
             panel = page.locator(".latentseg-panel")
             message = panel.locator(".latentseg-message")
             expect(message).to_contain_text("Ready", timeout=180_000)
-            page.wait_for_selector(idle)
+            wait_idle()
 
             # Move a slider (type into the steps slider's readout); the kernel answers.
             readout = panel.locator(".latentseg-steps .widget-readout")
@@ -199,7 +224,7 @@ def test_training_panel_in_jupyterlab(lab, tmp_path):
             text = message.inner_text()
             assert text.startswith("Done"), text
             assert f"{STEPS} steps" in text, text
-            page.wait_for_selector(idle)
+            wait_idle()
             final = live_img.first.get_attribute("src")
             if frames[-1] != final:
                 frames.append(final)
@@ -220,7 +245,7 @@ def test_training_panel_in_jupyterlab(lab, tmp_path):
 
             shot = tmp_path / "training_panel.png"
             panel.screenshot(path=str(shot))
-            if UPDATE_SCREENSHOT:
+            if UPDATE_SCREENSHOT and front_end == "jupyterlab":
                 SCREENSHOT.parent.mkdir(exist_ok=True)
                 shutil.copy(shot, SCREENSHOT)
         except BaseException:
