@@ -34,3 +34,24 @@ def test_readme_commands_exist():
         assert (REPO / path).exists(), path
     assert "python -m pytest" in README
     assert "python -m pytest" in (REPO / ".ci" / "run").read_text()
+
+
+def test_train_budget_targets_are_the_scripts_own_lines():
+    targets = (RESULTS / "train_budget.md").read_text().split("## Targets")[1].split("\n## ")[0]
+    verdicts = [line for line in targets.splitlines() if line.startswith(("- **PASS**", "- **MISS**"))]
+    assert verdicts, "train_budget.md has no PASS/MISS lines"
+    for line in verdicts:
+        assert line in README, f"README's train_budget targets differ from the results: {line}"
+
+
+def test_scaling_prose_numbers_come_from_the_results_file():
+    """Every number in the README's paragraph under the scaling table is in scaling.md's targets."""
+    targets = (RESULTS / "scaling.md").read_text().split("## Targets")[1].split("\n## ")[0]
+    section = README.split("### Scaling:")[1]
+    paragraph = section.split("| self-attention, fused |")[1].split("![Scaling plot]")[0]
+    paragraph = paragraph.split("\n", 1)[1]                      # the text after the table
+    numbers = re.findall(r"\d+/\d+|\d+\.\d+|\d+(?=×)", paragraph)
+    assert len(numbers) >= 5, numbers
+    for number in numbers:
+        assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", targets), \
+            f"README's scaling paragraph says {number}, which scaling.md's targets do not"
