@@ -53,5 +53,5 @@ def test_scaling_prose_numbers_come_from_the_results_file():
     numbers = re.findall(r"\d+/\d+|\d+\.\d+|\d+(?=×)", paragraph)
     assert len(numbers) >= 5, numbers
     for number in numbers:
-        assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", targets), \
+        assert re.search(rf"(?<![\w.]){re.escape(number)}(?![\d])", targets), \
             f"README's scaling paragraph says {number}, which scaling.md's targets do not"
