@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluate held-out mIoU every this many steps, for the curves "
                                "(default: %(default)s)")
     training.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                          help="auto = CUDA if available, else Apple MPS, else CPU "
+                          help="auto picks CUDA if available, else Apple MPS, else the CPU "
                                "(default: %(default)s)")
     model = parser.add_argument_group("model (LatentSegNet)")
     model.add_argument("--num-latents", type=int, default=16, metavar="K",

@@ -88,8 +88,8 @@ nb.md(r"""
 
 `u.SegmentationModel` is the tutorial's model with its names and defaults; only `num_classes=4`
 changes, for background, circle, square and triangle. For reference, a model that answers
-"background" everywhere already scores an mIoU of about 0.2 (background IoU ≈ 0.83, the three
-object classes 0), so that is the floor to beat.
+"background" everywhere already scores an mIoU of about 0.2 (background IoU a little over 0.8,
+the three object classes 0; two cells below compute it), so that is the floor to beat.
 """)
 nb.code(r'''
 # NBVAL_IGNORE_OUTPUT
@@ -99,7 +99,7 @@ faithful, faithful_history, faithful_scores = run(
 ''')
 nb.md(r"""
 The training curves: the loss falls at first (the model learns that most pixels are background),
-then flattens; the held-out mIoU barely leaves the floor.
+then flattens; the held-out mIoU does not leave the floor.
 """)
 nb.code(r'''
 fig = u.plot_history(faithful_history, title="The tutorial's model on the shapes data")
@@ -206,7 +206,7 @@ nb.md(r"""
 
 The model predicts one set of logits per 4×4 block and smooths them up to full size. Even a
 perfect stride-4 prediction (the true class shares of each block, upsampled the same way) loses
-the boundaries. That is an upper bound on what this decoder can ever reach:
+the boundaries. That estimates the ceiling of this decoder:
 """)
 nb.code(r'''
 truth = heldout[1]
@@ -232,7 +232,10 @@ Every step below is an option of `u.LatentSegNet`, so the tutorial's model stays
 The standard transformer block (as in Perceiver IO): `x = x + Attention(LayerNorm(x), LayerNorm(context))`
 then `x = x + MLP(LayerNorm(x))`. The `x +` is the route around: a pixel keeps its own feature and
 attention *adds* context to it. The latents read the pixels with one such block, the pixels read
-the latents with another, and the encoder gets BatchNorm. Everything else is switched off.
+the latents with another. Two more routes come with this step and stay in every later one: the
+encoder gets BatchNorm and a full-resolution stem convolution (8 channels, used again in step 3),
+and the encoder's own features are concatenated beside the attention's output before the decoder
+(`fuse`). Positions, the refinement path and the local loss stay off.
 """)
 nb.code(r'''
 # NBVAL_IGNORE_OUTPUT
@@ -279,6 +282,10 @@ nb.code(r'''
 show_table(table[-2:])
 ''')
 nb.md(r"""
+Two things to read in these rows. Both score below step 2 in the table: at 300 steps the
+refinement path has not paid off yet, with or without attention. And with attention, step 3 is
+far worse than without it.
+
 ### Why attention can make a network worse
 
 Adding attention gives the network an easy, global cue: it can compare every pixel's colour
@@ -308,12 +315,15 @@ plt.show()
 nb.md(r"""
 ### Step 4: keep the convolutions learning (a local loss)
 
-The fix is to give the convolutions their own teacher. A 1×1 convolution classifies the
+The remedy we try is to give the convolutions their own teacher. A 1×1 convolution classifies the
 encoder's features *before* any attention, and its cross-entropy (weight 0.5) is added to the
 loss during training (`local_loss=0.5`; see `LatentSegNet.training_loss`). The encoder must then
 learn shapes on its own, and attention can only add to that. The auxiliary classifier is not used
 for prediction. The decoder also sees the encoder's features beside the attention's output
 (concatenated, in every step here), so attention adds context beside the local evidence, not over it.
+Read its row against 3' in the table below: the local loss wins back most of what attention cost
+at step 3, though at this short budget the model with attention still does not beat its twin
+without.
 """)
 nb.code(r'''
 # NBVAL_IGNORE_OUTPUT
@@ -323,9 +333,9 @@ _ = run("4  + local loss on the encoder", lambda: u.LatentSegNet(**step4), ABLAT
 nb.md(r"""
 ### Step 5: a deeper encoder, trained longer: the final model
 
-The tutorial's encoder has one convolution per stage; its cells see a 10×10 window (notebook 01),
-smaller than most of our shapes. Two convolutions per stage (`encoder_depth=2`) widen each cell's
-view to about 30 pixels. This is `u.LatentSegNet()` with its defaults, the series' final model,
+The tutorial's encoder has one convolution per stage; its cells see a 10×10 window (notebook 01).
+With step 1's stem convolution the cells of steps 1-4 see 18×18, still smaller than most of our
+shapes. Two convolutions per stage (`encoder_depth=2`) widen each cell's view to 30×30. This is `u.LatentSegNet()` with its defaults, the series' final model,
 trained for `FINAL_STEPS`.
 """)
 nb.code(r'''
@@ -396,10 +406,10 @@ for name, a, b in zip(u.CLASS_NAMES, final_scores["per_class_iou"], final_plain_
     print(f"  {name:<10} {a:.3f} vs {b:.3f}")
 ''')
 nb.md(r"""
-Plainly: on this data, attention adds little. That is not a flaw of the implementation but a fact
+Plainly: on this data, attention adds nothing measurable. That is not a flaw of the implementation but a fact
 about the task. A pixel's class is decided by the shape around it, and a deeper convolutional
 path sees the whole shape by itself. Global context has nothing left to contribute: the two
-models differ by a few thousandths, within what another seed would change.
+models differ by a few thousandths, which one run of each cannot tell from noise.
 
 So where *does* latent attention pay? Where a pixel's class depends on something far from it.
 `u.make_shapes_batch(..., key=True)` draws a coloured frame around each image; its colour
@@ -438,7 +448,7 @@ print("on the key variant, attention adds more than 0.10 mIoU:",
 nb.md(r"""
 Is that a matter of training longer, or a difference that holds? Look at *where* the model
 without attention goes wrong: we score the object pixels (truth or prediction not background)
-by their distance from the frame. A cell of the deeper encoder sees about 30 pixels, so only
+by their distance from the image's edge (the frame fills the outer 4 pixels). A cell of the deeper encoder sees about 30 pixels, so only
 pixels within about 15 pixels of the frame can see its colour through convolutions.
 """)
 nb.code(r'''
@@ -459,14 +469,14 @@ for model, name, colour in ((key_model, "with attention", u.CLASS_COLORS[5]),
     ax.plot(range(len(bins)), accuracy, "o-", color=colour, label=name)
     print(name, "accuracy on object pixels by distance:", [f"{a:.2f}" for a in accuracy])
 ax.set(xticks=range(len(bins)), xticklabels=[f"{lo}-{hi} px" for lo, hi in bins],
-       xlabel="distance from the frame", ylabel="accuracy on object pixels", ylim=(0, 1),
+       xlabel="distance from the image edge (the frame: outer 4 px)", ylabel="accuracy on object pixels", ylim=(0, 1),
        title="Far from the key, only attention knows it")
 ax.legend()
 plt.show()
 ''')
 nb.md(r"""
-Near the frame both models can see the key; far from it, the convolutional path can only guess,
-and no amount of training changes what its cells can see. Latent attention reads the frame once
+The gap is smallest in the band next to the frame and widens with distance: far from the frame
+the convolutional path can only guess, and no amount of training changes what its cells can see. Latent attention reads the frame once
 into the latents and hands it to every pixel. That is what it is for: moving information across
 the whole image in one step, at a cost linear in the number of pixels (notebook 02 measures it).
 
@@ -487,14 +497,14 @@ panel
 nb.md(r"""
 ## Summary
 
-- The tutorial's model, trained on learnable data, stalls just above "background everywhere",
+- The tutorial's model, trained on learnable data, stalls at "background everywhere",
   because (measured) its pixels cannot pass on their own features, its attention is nearly
   uniform, its tokens carry no position and its decoder blurs boundaries.
 - Pre-norm residual blocks, positions, a full-resolution refinement path, a local loss that keeps
   the convolutions learning, and a deeper encoder take it from the first row of the table to the last.
 - Attention added to a network can make it worse: it offers an easy global cue and starves the
-  convolutions of gradient. The local loss fixes that.
-- On data where the answer lies near the pixel, attention adds little; where the answer lies far
+  convolutions of gradient. A local loss on the encoder wins most of that back.
+- On data where the answer lies near the pixel, attention adds nothing measurable; where the answer lies far
   away, it is the difference between guessing and knowing.
 
 ## Exercises

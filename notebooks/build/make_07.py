@@ -73,7 +73,7 @@ clustering the inputs around the latents. A stack of self-attention blocks then 
 latents alone, at a cost independent of M.
 
 **Perceiver IO** (*Perceiver IO: A General Architecture for Structured Inputs & Outputs*,
-DeepMind, 2021) adds a **decoder**: an array of **output queries**, for example one per pixel,
+Jaegle et al., ICLR 2022) adds a **decoder**: an array of **output queries**, for example one per pixel,
 reads the latents with a second cross-attention. The cost stays linear in the output size too.
 In short, *latents read, output queries write*.
 
@@ -391,7 +391,7 @@ Write out one head's score without the rotary part:
 $q^C\cdot k^C = (W^{UQ} W^{DQ} h_t)\cdot(W^{UK} W^{DKV} h_s)$. That is the score of an ordinary
 MHA whose key projection is the product $W^K = W^{UK} W^{DKV}$, and likewise for queries and
 values. So we build an MLA without the rotary part, load the three products into
-`nn.MultiheadAttention`, and compare the outputs. The products have rank at most $d_c = 16$,
+`nn.MultiheadAttention`, and compare the outputs. The key and value products have rank at most $d_c = 16$ (queries get a compression of their own),
 where a standard layer's $W^K$ has full rank 64: every head's keys and values live in the same
 16-dimensional space. That is the price of the small cache.
 """)
@@ -518,7 +518,7 @@ makes two changes:
 - **Shared experts:** $K_s$ experts are always on, to hold common knowledge, so the routed ones
   need not each relearn it.
 
-At the 2B scale (m = 4, 64 experts, 1 shared + 7 routed) the paper reports a Pile loss of 1.808
+At the 2B scale (m = 4: 1 shared and 63 routed experts, 7 routed ones active per token) the paper reports a Pile loss of 1.808
 against GShard's 1.867 at the same parameters, matching GShard with 1.5× the expert compute.
 
 **What our model can and cannot borrow.** The tutorial calls its latents "experts", but
@@ -593,7 +593,7 @@ class FineGrainedLatentSegNet(u.LatentSegNet):
                                         for _ in range(rounds))
 ''')
 nb.md(r"""
-The guide's rule: where a notebook builds something the module also holds, it checks that the two
+This series' rule: where a notebook builds something the module also holds, it checks that the two
 agree. With 16 latents of width 64, `FineGrainedLatentSegNet` must be `u.LatentSegNet()`: the
 same parameter names and shapes and, built from the same seed, the same weights and outputs.
 """)
@@ -619,7 +619,7 @@ Three variants: 16 latents of width 64 (the series' final model), 32 × 32 and 6
 is trained as in notebook 05: AdamW, learning rate 3e-3 with warm-up and cosine decay, batches
 of 16, seed 0, and scored on the fixed held-out set. To fit three trainings into this notebook's
 CPU budget each gets **{STEPS} steps** instead of the final model's 800. The scores are therefore
-a few points below notebook 05's 0.92, and they are for one seed each: read differences of a
+somewhat below notebook 05's 0.92, and they are for one seed each: read differences of a
 hundredth or two as noise, not as a ranking (set both seeds in `train_variant` to 1 to see the spread).
 """)
 nb.code(rf'''
@@ -790,7 +790,8 @@ print("every class spreads over at least 80% of the latents in every split:",
 nb.md(r"""
 **What the measurement says.** In this run, splitting the latent width more finely did **not**
 make the latents more specialised. In every split, each class spreads its attention almost
-evenly over nearly all the latents: the class-usage entropy stays at 0.98 or above, and the
+evenly over nearly all the latents: the class-usage entropy, averaged over the classes, stays at 0.98 or above (per class it dips a
+little lower in places; the table lists each), and the
 effective number of latents stays close to K. The differences between the splits are in the
 third decimal. The heat maps show the same: most entries are pale (close to 1/K). The latents
 that stand out are favoured by the background, or by the three shapes alike, so what little
@@ -901,7 +902,7 @@ nb.md(r"""
 **Latent cross-attention (where the tutorial's model comes from)**
 - *Perceiver: General Perception with Iterative Attention* (Jaegle et al., ICML 2021): the latent
   array, cross-attention from latents to a large input, and latent self-attention.
-- *Perceiver IO: A General Architecture for Structured Inputs & Outputs* (DeepMind, 2021): the
+- *Perceiver IO: A General Architecture for Structured Inputs & Outputs* (Jaegle et al., ICLR 2022): the
   output queries, the decode our expert head resembles.
 - *Set Transformer: A Framework for Attention-based Permutation-Invariant Neural Networks*
   (Lee et al., ICML 2019): "inducing points", an earlier form of a few learned vectors reading a set.
