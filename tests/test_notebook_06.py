@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from notebook_cells import code_cells, source, text_of
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 PATH = NOTEBOOKS / "06_visualization.ipynb"
@@ -28,24 +30,6 @@ FINAL_CHECK = [
 @pytest.fixture(scope="module")
 def nb():
     return json.loads(PATH.read_text())
-
-
-def source(cell):
-    return "".join(cell["source"])
-
-
-def code_cells(nb):
-    return [c for c in nb["cells"] if c["cell_type"] == "code"]
-
-
-def text_of(outputs):
-    parts = []
-    for o in outputs:
-        if o["output_type"] == "stream":
-            parts.append("".join(o["text"]))
-        elif "data" in o and "text/plain" in o["data"]:
-            parts.append("".join(o["data"]["text/plain"]))
-    return "".join(parts)
 
 
 def test_title_setup_and_imports(nb):

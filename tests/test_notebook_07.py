@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from notebook_cells import source
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "notebooks", "build")
 NOTEBOOK = os.path.join(ROOT, "notebooks", "07_beyond.ipynb")
@@ -39,10 +41,6 @@ def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     yield mp
     mp.undo()
-
-
-def source(cell):
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
 
 def test_committed_notebook_matches_its_build_script(committed, built_cells):

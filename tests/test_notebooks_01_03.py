@@ -10,6 +10,8 @@ import re
 
 import pytest
 
+from notebook_cells import code_cells, source, text_of
+
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 
 # The lines each notebook's final check prints (compared by nbval on every run).
@@ -34,24 +36,6 @@ NAMES = sorted(FINAL_CHECKS)
 
 def load(name):
     return json.loads((NOTEBOOKS / name).read_text())
-
-
-def source(cell):
-    return "".join(cell["source"])
-
-
-def code_cells(nb):
-    return [c for c in nb["cells"] if c["cell_type"] == "code"]
-
-
-def text_of(outputs):
-    parts = []
-    for o in outputs:
-        if o["output_type"] == "stream":
-            parts.append("".join(o["text"]))
-        elif "data" in o and "text/plain" in o["data"]:
-            parts.append("".join(o["data"]["text/plain"]))
-    return "".join(parts)
 
 
 @pytest.mark.parametrize("name", NAMES)

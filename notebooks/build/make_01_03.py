@@ -13,21 +13,16 @@ Edit the text here, not in the .ipynb files, so the notebooks stay reproducible.
 """
 import sys
 
-from nbtools import Notebook, setup_cell_source
+from nbtools import Notebook, imports_cell, setup_cell_source
 
-IMPORTS = r'''
+IMPORTS = imports_cell(r'''
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 import latentseg_utils as u
-
-torch.manual_seed(0)
-device = u.get_device()
-print(f"torch {torch.__version__}, device: {device}")
-plt.rcParams["figure.dpi"] = 72   # small committed figures
-'''
+''')
 
 IMPORTS_TEXT = """
 The imports, a fixed seed so that every number below is the same on every run, and the device.

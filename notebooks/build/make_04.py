@@ -10,7 +10,7 @@ Then execute it for commit (Restart & Run All equivalent):
 
 Edit the text here, not in the .ipynb file, so the notebook stays reproducible.
 """
-from nbtools import Notebook, setup_cell_source
+from nbtools import Notebook, imports_cell, setup_cell_source
 
 
 def notebook_04() -> Notebook:
@@ -43,7 +43,7 @@ The imports, a fixed seed so that every number below is the same on every run, a
 (printed so that a bug report says what you ran). `u` is the series' shared module; section 2
 builds its data generator by hand and checks the two agree.
 """)
-    nb.code(r'''
+    nb.code(imports_cell(r'''
 import math
 import time
 
@@ -53,12 +53,7 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 import latentseg_utils as u
-
-torch.manual_seed(0)
-device = u.get_device()
-print(f"torch {torch.__version__}, device: {device}")
-plt.rcParams["figure.dpi"] = 72   # small committed figures
-''')
+'''))
 
     # ------------------------------------------------------------------------------------------
     nb.md(r"""

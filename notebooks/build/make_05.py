@@ -5,7 +5,7 @@
         --ExecutePreprocessor.record_timing=False --ExecutePreprocessor.store_widget_state=False \
         05_training.ipynb
 """
-from nbtools import Notebook, setup_cell_source
+from nbtools import Notebook, imports_cell, setup_cell_source
 
 nb = Notebook("nb05")
 nb.md(r"""
@@ -31,7 +31,7 @@ nb.md(r"""
 Imports, the seed, and the device. Every training below runs on `device`: a GPU if you have one,
 else the CPU. The numbers printed in this notebook were produced on a CPU.
 """)
-nb.code(r'''
+nb.code(imports_cell(r'''
 import math
 import time
 
@@ -39,12 +39,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 import latentseg_utils as u
-
-torch.manual_seed(0)
-device = u.get_device()
-print(f"torch {torch.__version__}, device: {device}")
-plt.rcParams["figure.dpi"] = 72   # small committed figures
-''')
+'''))
 
 nb.md(r"""
 ## 1. One budget for every model

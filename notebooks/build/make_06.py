@@ -14,7 +14,7 @@ executing and drops it from the notebook's metadata afterwards: the same file, n
 
 Edit the text here, not in the .ipynb file, so the notebook stays reproducible.
 """
-from nbtools import Notebook, setup_cell_source
+from nbtools import Notebook, imports_cell, setup_cell_source
 
 
 def notebook_06() -> Notebook:
@@ -50,7 +50,7 @@ The imports, a fixed seed so that every number below is the same on every run, a
 (printed so that a bug report says what you ran). `u` is the series' shared module: the model,
 the data, the metrics and the plotting helpers all come from it.
 """)
-    nb.code(r'''
+    nb.code(imports_cell(r'''
 import math
 import os
 from contextlib import contextmanager
@@ -62,12 +62,7 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 import latentseg_utils as u
-
-torch.manual_seed(0)
-device = u.get_device()
-print(f"torch {torch.__version__}, device: {device}")
-plt.rcParams["figure.dpi"] = 72   # small committed figures
-''')
+'''))
 
     # ------------------------------------------------------------------------------------------
     nb.md(r"""

@@ -7,7 +7,7 @@
 """
 import os
 
-from nbtools import Notebook, setup_cell_source
+from nbtools import Notebook, imports_cell, setup_cell_source
 
 # Training steps per variant in section 3 (the final model gets 800 in notebook 05).
 # MAKE07_STEPS is for trying the build quickly; the committed notebook uses the default.
@@ -45,7 +45,7 @@ nb.md(r"""
 Imports, the seed, and the device. Only section 3 trains, on `device`; everything else is
 small enough to run on the CPU. The numbers printed in this notebook were produced on a CPU.
 """)
-nb.code(r'''
+nb.code(imports_cell(r'''
 import math
 import time
 
@@ -54,12 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import latentseg_utils as u
-
-torch.manual_seed(0)
-device = u.get_device()
-print(f"torch {torch.__version__}, device: {device}")
-plt.rcParams["figure.dpi"] = 72   # small committed figures
-''')
+'''))
 
 # ---------------------------------------------------------------------------------------------
 nb.md(r"""

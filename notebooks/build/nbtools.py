@@ -48,6 +48,20 @@ def with_colab_badge(markdown: str, name: str) -> str:
     return colab_badge(name) + "\n\n" + "\n".join(lines)
 
 
+SEED_AND_DEVICE = """
+torch.manual_seed(0)
+device = u.get_device()
+print(f"torch {torch.__version__}, device: {device}")
+plt.rcParams["figure.dpi"] = 72   # small committed figures
+"""
+
+
+def imports_cell(imports: str) -> str:
+    """A notebook's imports cell: its own imports, then the series' seed, device and figure size
+    (every notebook runs alone, so each one shows these lines)."""
+    return imports.strip("\n") + "\n" + SEED_AND_DEVICE
+
+
 class Notebook:
     """Collect cells in order; write() gives them stable ids (prefix-00, prefix-01, ...)."""
 
