@@ -328,10 +328,29 @@ _ = run("4  + local loss on the encoder", lambda: u.LatentSegNet(**step4), ABLAT
 nb.md(r"""
 ### Step 5: a deeper encoder, trained longer: the final model
 
-The tutorial's encoder has one convolution per stage; its cells see a 10×10 window (notebook 01).
-With step 1's stem convolution the cells of steps 1-4 see 18×18, still smaller than most of our
-shapes. Two convolutions per stage (`encoder_depth=2`) widen each cell's view to 30×30. This is `u.LatentSegNet()` with its defaults, the series' final model,
-trained for `FINAL_STEPS`.
+The tutorial's encoder has one convolution per stage; its cells see a 10×10 window (notebook 01
+measures it), smaller than most of our shapes. Step 1's stem convolution widens that window a
+little; two convolutions per stage (`encoder_depth=2`) widen it more. How much, we compute with
+notebook 01's formula, walking the encoder's layers in order: each layer with kernel $k$ adds
+$(k - 1)\,j$ to the window, where $j$ is the stride accumulated so far.
+""")
+nb.code(r'''
+# NBVAL_CHECK_OUTPUT
+def receptive_field(model):
+    """Width of the input window one encoder cell of a LatentSegNet sees."""
+    window, jump = 1, 1
+    for layer in [*model.stem.modules(), *model.down.modules()]:
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+            k, s = (v if isinstance(v, int) else v[0] for v in (layer.kernel_size, layer.stride))
+            window, jump = window + (k - 1) * jump, jump * s
+    return window
+
+for label, depth in (("steps 1-4 (encoder_depth=1)", 1), ("step 5    (encoder_depth=2)", 2)):
+    window = receptive_field(u.LatentSegNet(encoder_depth=depth))
+    print(f"{label}: one encoder cell sees {window}x{window} pixels")
+''')
+nb.md(r"""
+This is `u.LatentSegNet()` with its defaults, the series' final model, trained for `FINAL_STEPS`.
 """)
 nb.code(r'''
 # NBVAL_IGNORE_OUTPUT
@@ -443,8 +462,9 @@ print("on the key variant, attention adds more than 0.10 mIoU:",
 nb.md(r"""
 Is that a matter of training longer, or a difference that holds? Look at *where* the model
 without attention goes wrong: we score the object pixels (truth or prediction not background)
-by their distance from the image's edge (the frame fills the outer 4 pixels). A cell of the deeper encoder sees about 30 pixels, so only
-pixels within about 15 pixels of the frame can see its colour through convolutions.
+by their distance from the image's edge (the frame is its outermost band). A cell of the final
+encoder sees the window computed at step 5, so only pixels within about half that width of the
+frame can see its colour through convolutions.
 """)
 nb.code(r'''
 size = key_heldout[1].shape[-1]
@@ -464,7 +484,7 @@ for model, name, colour in ((key_model, "with attention", u.CLASS_COLORS[5]),
     ax.plot(range(len(bins)), accuracy, "o-", color=colour, label=name)
     print(name, "accuracy on object pixels by distance:", [f"{a:.2f}" for a in accuracy])
 ax.set(xticks=range(len(bins)), xticklabels=[f"{lo}-{hi} px" for lo, hi in bins],
-       xlabel="distance from the image edge (the frame: outer 4 px)", ylabel="accuracy on object pixels", ylim=(0, 1),
+       xlabel="distance from the image edge (the frame is the outermost band)", ylabel="accuracy on object pixels", ylim=(0, 1),
        title="Far from the key, only attention knows it")
 ax.legend()
 plt.show()
