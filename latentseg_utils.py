@@ -628,6 +628,10 @@ def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 
     Stop-safe: an interrupt (KeyboardInterrupt, e.g. the notebook's stop button) ends
     training early and still returns the history; the model keeps what it learned.
 
+    Side effects: it calls `torch.manual_seed(seed)`, which resets torch's global generator
+    (dropout and any later `torch.rand` in the caller follow from `seed`), and it returns with
+    the model in eval mode (call `model.train()` to train it further by hand).
+
     Returns the history: {"step", "loss" (per step), "eval_step", "miou" (held out),
     "seconds", "steps_done", "interrupted", "device"}.
     """

@@ -134,7 +134,6 @@ def main(argv: "list[str] | None" = None) -> int:
               file=sys.stderr)
         return 1
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import latentseg_utils as u
 
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -1,10 +1,9 @@
 """Every notebook, and the README, has an Open-in-Colab badge that opens that very notebook
-from the same repository and release as the setup cell's LATENTSEG_URL (the one place the
-repository URL is set), so the notebook Colab opens and the module it fetches always match."""
+from the same repository and release as the setup cell's LATENTSEG_PACKAGE (the one place the
+repository URL is set), so the notebook Colab opens and the modules it installs always match."""
 import json
 import re
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
@@ -15,12 +14,11 @@ BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/
 
 
 def setup_cell_release():
-    """(owner/name, ref) parsed from the setup cell's default LATENTSEG_URL."""
+    """(owner/name, ref) parsed from the setup cell's default LATENTSEG_PACKAGE."""
     text = (REPO / "notebooks" / ".setup_cell.txt").read_text()
-    url = re.search(r'"(https://raw\.githubusercontent\.com/[^"]+)"', text).group(1)
-    owner, name, ref, *path = urlparse(url).path.strip("/").split("/")
-    assert path == ["latentseg_utils.py"], url
-    return f"{owner}/{name}", ref
+    match = re.search(r'"git\+https://github\.com/([^/"]+/[^/@"]+)@([^"]+)"', text)
+    assert match, "LATENTSEG_PACKAGE is not git+https://github.com/OWNER/NAME@TAG"
+    return match.group(1), match.group(2)
 
 
 def expected_url(notebook: Path) -> str:
@@ -39,7 +37,7 @@ def test_notebook_opens_with_its_own_badge(notebook):
     text = "".join(first_markdown["source"])
     match = BADGE.match(text)
     assert match, f"{notebook.name}: the first markdown cell must start with the Colab badge " \
-                  "(run python notebooks/build/sync_setup_cell.py)"
+                  "(run python tools/sync_setup_cell.py)"
     assert match.group(1) == expected_url(notebook), \
         f"{notebook.name}: badge opens {match.group(1)}, expected {expected_url(notebook)}"
 

@@ -49,7 +49,7 @@ def test_title_then_shared_setup_cell(name):
     assert setup == source(code_cells(load(NAMES[0]))[0]), "notebooks must share one setup cell"
     shared = NOTEBOOKS / ".setup_cell.txt"
     if shared.exists():
-        assert setup == shared.read_text(), f"{name}: first code cell differs from {shared.name}"
+        assert setup == shared.read_text().rstrip("\n"), f"{name}: first code cell differs from {shared.name}"
     imports = source(code_cells(nb)[1])
     for line in ("import latentseg_utils as u", "torch.manual_seed(0)", "device = u.get_device()",
                  'plt.rcParams["figure.dpi"] = 72'):

@@ -50,7 +50,6 @@ def test_metrics_json_parses_and_describes_the_run(tiny_run):
 
 def test_checkpoint_loads_back_with_the_module(tiny_run):
     out, _ = tiny_run
-    sys.path.insert(0, ROOT)
     import latentseg_utils as u
     model, extra = u.load_checkpoint(str(out / "checkpoint.pt"), device="cpu")
     assert type(model).__name__ == "LatentSegNet" and extra["steps_done"] == 3

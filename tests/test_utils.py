@@ -276,6 +276,18 @@ def test_training_is_deterministic_under_a_seed():
     assert runs[0]["steps_done"] == 5 and runs[0]["eval_step"] == [5]
 
 
+def test_training_resets_the_global_seed_and_returns_the_model_in_eval_mode():
+    """The two side effects u.train's docstring states."""
+    draws = []
+    for caller_seed in (999, 12345):
+        torch.manual_seed(caller_seed)
+        model = u.SegmentationModel(num_classes=4)
+        u.train(model, steps=1, image_size=32, batch_size=2, progress=False, seed=5)
+        assert not model.training
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[1]), "the caller's seed before training no longer matters"
+
+
 def test_callback_sees_every_step_and_an_interrupt_keeps_the_history():
     seen = []
 

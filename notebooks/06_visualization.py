@@ -1,56 +1,72 @@
-"""Write notebook 06 of the latentseg series (sources only, no outputs).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/build/make_06.py
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/latentseg/latentseg/blob/v0.2/notebooks/06_visualization.ipynb)
+#
+# # 06 · Visualization: predictions, errors, and what each expert looks at
+#
+# After this notebook you can inspect a trained segmentation model the way you would inspect your
+# own: draw its predictions and errors, read a confusion matrix and per-class IoU, draw its
+# attention in both directions (what each expert reads, which expert each pixel reads), measure
+# whether the "experts" specialise, and find and explain its worst failures.
+#
+# **Run time:** about 15 seconds on a quiet 2-core CPU when the trained model's checkpoint is present
+# (`notebooks/checkpoints/latentsegnet.pt`, written by notebook 05). Without it the notebook first
+# trains the model itself, which adds about a minute (longer on a busy machine).
+#
+# **What you will learn**
+# 1. How to load a saved model, and what to do when the file is missing or damaged.
+# 2. Where the model goes wrong: a grid of predictions and errors, a confusion matrix, IoU per class.
+# 3. What each expert reads (latent-to-pixel heatmaps), per head and averaged over heads.
+# 4. Which expert each pixel reads (the pixel-to-expert map), and how the experts divide the classes.
+# 5. How to *measure* specialisation instead of guessing it from pictures, and what it shows here:
+#    the experts split background from objects, but not one shape from another.
+# 6. The worst images of the held-out set, and what goes wrong in them.
+#
+# The first code cell is the series' setup. In Colab it installs the series' modules with pip
+# (pinned to a release) and then only what Colab lacks. On your own machine it does nothing: the
+# modules are already installed (`pip install -e .`).
 
-    python notebooks/build/make_06.py --execute     # write, then Restart & Run All in place
+# %%
+# Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
+# without their dependencies, then only what Colab lacks (never torch). Elsewhere: nothing;
+# the modules are already installed (`pip install -e .`, see the README).
+import importlib.util, os, sys
+LATENTSEG_PACKAGE = os.environ.get(
+    "LATENTSEG_PACKAGE", "git+https://github.com/latentseg/latentseg@v0.2")
+if "google.colab" in sys.modules:
+    # %pip install -q --no-deps {LATENTSEG_PACKAGE}
+    if _exit_code != 0:  # noqa: F821  (set by %pip: pip's exit status)
+        raise RuntimeError(f"pip could not install {LATENTSEG_PACKAGE} (its message is above); "
+                           "check the repository and the tag in LATENTSEG_PACKAGE")
+    missing = [f"'{req}'" for module, req in (("tqdm", "tqdm>=4.66"),
+                                              ("ipywidgets", "ipywidgets>=7.7"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        # %pip install -q {" ".join(missing)}
+        print(f"installed {LATENTSEG_PACKAGE}, then what Colab lacked:", ", ".join(missing))
+    else:
+        print(f"installed {LATENTSEG_PACKAGE}; nothing else needed (all present)")
 
---execute runs the notebook like `jupyter nbconvert --to notebook --execute --inplace
---ExecutePreprocessor.record_timing=False --ExecutePreprocessor.store_widget_state=False`, with
-one difference. With store_widget_state=False, nbclient (0.11.0 here) raises a KeyError
-(nbclient/output_widget.py, `widget_state[comm_id]`) as soon as a cell draws into an
-ipywidgets.Output with `with out: display(...)`, which the expert browser of section 9 does,
-and nbconvert then hangs instead of failing. So --execute keeps the widget state while
-executing and drops it from the notebook's metadata afterwards: the same file, no hang.
+# %% [markdown]
+# The imports, a fixed seed so that every number below is the same on every run, and the device
+# (printed so that a bug report says what you ran). `u` is the series' shared module: the model,
+# the data, the metrics and the plotting helpers all come from it.
 
-Edit the text here, not in the .ipynb file, so the notebook stays reproducible.
-"""
-from nbtools import Notebook, imports_cell, setup_cell_source
-
-
-def notebook_06() -> Notebook:
-    nb = Notebook("nb06")
-    nb.md(r"""
-# 06 · Visualization: predictions, errors, and what each expert looks at
-
-After this notebook you can inspect a trained segmentation model the way you would inspect your
-own: draw its predictions and errors, read a confusion matrix and per-class IoU, draw its
-attention in both directions (what each expert reads, which expert each pixel reads), measure
-whether the "experts" specialise, and find and explain its worst failures.
-
-**Run time:** about 15 seconds on a quiet 2-core CPU when the trained model's checkpoint is present
-(`notebooks/checkpoints/latentsegnet.pt`, written by notebook 05). Without it the notebook first
-trains the model itself, which adds about a minute (longer on a busy machine).
-
-**What you will learn**
-1. How to load a saved model, and what to do when the file is missing or damaged.
-2. Where the model goes wrong: a grid of predictions and errors, a confusion matrix, IoU per class.
-3. What each expert reads (latent-to-pixel heatmaps), per head and averaged over heads.
-4. Which expert each pixel reads (the pixel-to-expert map), and how the experts divide the classes.
-5. How to *measure* specialisation instead of guessing it from pictures, and what it shows here:
-   the experts split background from objects, but not one shape from another.
-6. The worst images of the held-out set, and what goes wrong in them.
-
-The first code cell is the series' setup. In Colab it fetches `latentseg_utils.py` (pinned to a
-release) and installs what Colab lacks. On your own machine it does nothing except make the
-module importable.
-""")
-    nb.code(setup_cell_source(), verbatim=True)   # word for word
-    nb.md(r"""
-The imports, a fixed seed so that every number below is the same on every run, and the device
-(printed so that a bug report says what you ran). `u` is the series' shared module: the model,
-the data, the metrics and the plotting helpers all come from it.
-""")
-    nb.code(imports_cell(r'''
+# %%
 import math
 import os
 from contextlib import contextmanager
@@ -62,29 +78,32 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 import latentseg_utils as u
-'''))
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 1. The trained model
+torch.manual_seed(0)
+device = u.get_device()
+print(f"torch {torch.__version__}, device: {device}")
+plt.rcParams["figure.dpi"] = 72   # small committed figures
 
-Notebook 05 trains the series' final model, `u.LatentSegNet()` with its defaults (16 experts,
-4 heads, 4 classes), for 800 steps and saves it with `u.save_checkpoint` to
-`checkpoints/latentsegnet.pt`, next to the notebooks. This cell loads that file. So that the
-notebook also runs on its own (for example in Colab, where the setup cell fetches the modules
-but not the checkpoint), it trains the model with exactly notebook 05's recipe when the file is
-missing, and saves it for next time.
+# %% [markdown]
+# ## 1. The trained model
+#
+# Notebook 05 trains the series' final model, `u.LatentSegNet()` with its defaults (16 experts,
+# 4 heads, 4 classes), for 800 steps and saves it with `u.save_checkpoint` to
+# `checkpoints/latentsegnet.pt`, next to the notebooks. This cell loads that file. So that the
+# notebook also runs on its own (for example in Colab, where the setup cell installs the modules
+# but not the checkpoint), it trains the model with exactly notebook 05's recipe when the file is
+# missing, and saves it for next time.
+#
+# `u.load_checkpoint` never runs code from the file (it loads with `weights_only=True`) and raises
+# a `ValueError` that says what is wrong when the file is damaged or belongs to another model. A
+# damaged checkpoint is not a reason to stop: the cell says so and trains again. So does a
+# checkpoint of some other model or other settings, which would load but is not the model this
+# notebook is about.
+#
+# All the scores in this notebook are measured on `u.make_heldout_set()`: 256 images of 64×64
+# pixels that no training run ever sees.
 
-`u.load_checkpoint` never runs code from the file (it loads with `weights_only=True`) and raises
-a `ValueError` that says what is wrong when the file is damaged or belongs to another model. A
-damaged checkpoint is not a reason to stop: the cell says so and trains again. So does a
-checkpoint of some other model or other settings, which would load but is not the model this
-notebook is about.
-
-All the scores in this notebook are measured on `u.make_heldout_set()`: 256 images of 64×64
-pixels that no training run ever sees.
-""")
-    nb.code(r'''
+# %%
 # NBVAL_IGNORE_OUTPUT
 CHECKPOINT = os.path.join("checkpoints", "latentsegnet.pt")   # relative to the notebooks folder
 heldout_images, heldout_labels = u.make_heldout_set()          # [256, 3, 64, 64], [256, 64, 64]
@@ -115,74 +134,72 @@ except ValueError as error:
     model, extra = train_final_model()
     print(f"saved {CHECKPOINT}")
 model = model.to(device).eval()
-''')
-    nb.md(r"""
-What we have, whichever way it came: the model's class, its size, its settings and how long it
-was trained.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# What we have, whichever way it came: the model's class, its size, its settings and how long it
+# was trained.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 config = model.config
 K, heads, num_classes = config["num_latents"], config["num_heads"], model.num_classes
 print(f"{type(model).__name__}: {u.count_parameters(model):,} parameters, {K} experts (latents), "
       f"{heads} heads, {num_classes} classes, trained {extra['steps']} steps")
 print("classes:", ", ".join(u.CLASS_NAMES))
-''')
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 2. How good is it, and where does it go wrong?
+# %% [markdown]
+# ## 2. How good is it, and where does it go wrong?
+#
+# `u.evaluate` predicts every held-out image and returns the mean IoU over the classes, the pixel
+# accuracy, the IoU of each class and the confusion matrix (row = true class, column = predicted
+# class, in pixels). The IoU of a class is
+# $\frac{\text{pixels right}}{\text{pixels right} + \text{false alarms} + \text{misses}}$;
+# the mIoU averages it over the four classes, so the small classes count as much as the large
+# background.
 
-`u.evaluate` predicts every held-out image and returns the mean IoU over the classes, the pixel
-accuracy, the IoU of each class and the confusion matrix (row = true class, column = predicted
-class, in pixels). The IoU of a class is
-$\frac{\text{pixels right}}{\text{pixels right} + \text{false alarms} + \text{misses}}$;
-the mIoU averages it over the four classes, so the small classes count as much as the large
-background.
-""")
-    nb.code(r'''
+# %%
 scores = u.evaluate(model, heldout_images, heldout_labels)
 print(f"held-out mIoU {scores['miou']:.4f}, pixel accuracy {scores['pixel_accuracy']:.4f}")
 for name, iou in zip(u.CLASS_NAMES, scores["per_class_iou"].tolist()):
     print(f"  IoU {name:<10} {iou:.4f}")
-''')
-    nb.md(r"""
-The floats above may differ in their last digits on another machine. What must hold is compared
-by the test suite on every run: the model is good, every class is learned, and the score agrees
-with the one saved in the checkpoint (a check that the file loaded into the right model).
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The floats above may differ in their last digits on another machine. What must hold is compared
+# by the test suite on every run: the model is good, every class is learned, and the score agrees
+# with the one saved in the checkpoint (a check that the file loaded into the right model).
+
+# %%
 # NBVAL_CHECK_OUTPUT
 assert scores["miou"] >= 0.90, scores["miou"]
 print("held-out mIoU at least 0.90:", scores["miou"] >= 0.90)
 print("every class IoU at least 0.85:", bool((scores["per_class_iou"] >= 0.85).all()))
 print("agrees with the mIoU saved in the checkpoint:", abs(scores["miou"] - extra["miou"]) < 1e-3)
-''')
-    nb.md(r"""
-### 2.1 Predictions and errors
 
-Numbers first, pictures second. `u.plot_predictions` draws, for each image, the input, the true
-classes, the predicted classes and the wrong pixels in red (the fraction wrong is written on the
-right). We keep all the held-out predictions, because later sections need them.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ### 2.1 Predictions and errors
+#
+# Numbers first, pictures second. `u.plot_predictions` draws, for each image, the input, the true
+# classes, the predicted classes and the wrong pixels in red (the fraction wrong is written on the
+# right). We keep all the held-out predictions, because later sections need them.
+
+# %%
 predictions = u.predict(model, heldout_images)                    # [256, 64, 64]
 fig = u.plot_predictions(heldout_images[:6], heldout_labels[:6], predictions[:6], max_images=6,
                          title="Held-out images 0-5: image, truth, prediction, errors (red)")
 plt.show()
-''')
-    nb.md(r"""
-On typical images the mistakes are few and small: single pixels on the edge of a shape, or
-isolated specks in the background. Whole regions
-given the wrong class are rare; section 8 goes looking for them.
 
-### 2.2 The confusion matrix
+# %% [markdown]
+# On typical images the mistakes are few and small: single pixels on the edge of a shape, or
+# isolated specks in the background. Whole regions
+# given the wrong class are rare; section 8 goes looking for them.
+#
+# ### 2.2 The confusion matrix
+#
+# Which class is mistaken for which? Each row of the confusion matrix is divided by its total, so
+# a row reads "of the pixels that truly are this class, which fraction got each answer". The
+# diagonal is each class's recall.
 
-Which class is mistaken for which? Each row of the confusion matrix is divided by its total, so
-a row reads "of the pixels that truly are this class, which fraction got each answer". The
-diagonal is each class's recall.
-""")
-    nb.code(r'''
+# %%
 confusion = scores["confusion"].double()
 rates = confusion / confusion.sum(1, keepdim=True)                 # rows sum to 1
 fig, ax = plt.subplots(figsize=(5.2, 4.2))
@@ -203,20 +220,20 @@ off = rates.clone().fill_diagonal_(0)
 t, p = divmod(int(off.argmax()), num_classes)
 print(f"largest confusion: {u.CLASS_NAMES[t]} predicted as {u.CLASS_NAMES[p]}, "
       f"{rates[t, p]:.1%} of the {u.CLASS_NAMES[t]} pixels")
-''')
-    nb.md(r"""
-The diagonal is above 90% for every class. The background is almost never wrong in relative
-terms, but it is so large (more than 80% of all pixels) that its fraction of a percent of
-mistakes is as many pixels as a shape's few percent. Each shape loses 3 to 8% of its pixels,
-split between the background (mostly edges) and the other two shapes (parts of objects given
-the wrong shape, which section 8 shows).
 
-### 2.3 IoU per class
+# %% [markdown]
+# The diagonal is above 90% for every class. The background is almost never wrong in relative
+# terms, but it is so large (more than 80% of all pixels) that its fraction of a percent of
+# mistakes is as many pixels as a shape's few percent. Each shape loses 3 to 8% of its pixels,
+# split between the background (mostly edges) and the other two shapes (parts of objects given
+# the wrong shape, which section 8 shows).
+#
+# ### 2.3 IoU per class
+#
+# IoU punishes false alarms as well as misses, so it is stricter than the diagonal above. The bars
+# are drawn in the series' class palette; the dashed line is the mean over classes, the mIoU.
 
-IoU punishes false alarms as well as misses, so it is stricter than the diagonal above. The bars
-are drawn in the series' class palette; the dashed line is the mean over classes, the mIoU.
-""")
-    nb.code(r'''
+# %%
 iou = scores["per_class_iou"]
 fig, ax = plt.subplots(figsize=(5.2, 3.2))
 bars = ax.bar(u.CLASS_NAMES, iou.numpy(), color=u.CLASS_COLORS[:num_classes], edgecolor="grey")
@@ -226,30 +243,28 @@ ax.set(ylim=(0, 1.1), xlabel="class", ylabel="IoU", title="Held-out IoU per clas
 ax.legend(loc="lower right", fontsize=8)
 fig.tight_layout()
 plt.show()
-''')
-    nb.md(r"""
-The shapes score between 0.88 and 0.92 and the background 0.99. The triangle is the hardest,
-which fits its size: at the same "radius" it is the smallest shape (area $2r^2$, against
-$2.89r^2$ for the square and $3.14r^2$ for the circle, notebook 04), so the same errors along
-its edge are a larger share of it.
-""")
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 3. The attention weights
+# %% [markdown]
+# The shapes score between 0.88 and 0.92 and the background 0.99. The triangle is the hardest,
+# which fits its size: at the same "radius" it is the smallest shape (area $2r^2$, against
+# $2.89r^2$ for the square and $3.14r^2$ for the circle, notebook 04), so the same errors along
+# its edge are a larger share of it.
 
-Now the inside of the model. `model(images, return_attention=True)` also returns the weights of
-its two attentions (from the last round; this model has one):
+# %% [markdown]
+# ## 3. The attention weights
+#
+# Now the inside of the model. `model(images, return_attention=True)` also returns the weights of
+# its two attentions (from the last round; this model has one):
+#
+# - `attention["latent"]`: `[B, heads, K, N]`. Each of the $K = 16$ latents (the "experts") reads
+#   the $N = 16 \times 16 = 256$ pixel tokens (one per 4×4 block). Row $k$ is expert $k$'s
+#   distribution over the tokens: it sums to 1 over $N$.
+# - `attention["pixel"]`: `[B, heads, N, K]`. Each token then reads the experts. Row $n$ is token
+#   $n$'s distribution over the 16 experts: it sums to 1 over $K$.
+#
+# We compute both for the whole held-out set at once (a few seconds) and keep them on the CPU.
 
-- `attention["latent"]`: `[B, heads, K, N]`. Each of the $K = 16$ latents (the "experts") reads
-  the $N = 16 \times 16 = 256$ pixel tokens (one per 4×4 block). Row $k$ is expert $k$'s
-  distribution over the tokens: it sums to 1 over $N$.
-- `attention["pixel"]`: `[B, heads, N, K]`. Each token then reads the experts. Row $n$ is token
-  $n$'s distribution over the 16 experts: it sums to 1 over $K$.
-
-We compute both for the whole held-out set at once (a few seconds) and keep them on the CPU.
-""")
-    nb.code(r'''
+# %%
 # NBVAL_CHECK_OUTPUT
 with torch.no_grad():
     _, attention = model(heldout_images.to(device), return_attention=True)
@@ -263,14 +278,14 @@ print("each expert's weights sum to 1 over the tokens:",
       torch.allclose(latent_w.sum(-1), torch.ones(B, heads, K), atol=1e-4))
 print("each token's weights sum to 1 over the experts:",
       torch.allclose(pixel_w.sum(-1), torch.ones(B, heads, N), atol=1e-4))
-''')
-    nb.md(r"""
-To compare weights with classes we need a class per token. A token covers a 4×4 block of
-pixels; `avg_pool2d` of the one-hot labels gives the fraction of each class in every block, and
-the token's class is the majority. Blocks on a boundary are mixed; exercise 3 repeats the
-analysis with only the pure blocks.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# To compare weights with classes we need a class per token. A token covers a 4×4 block of
+# pixels; `avg_pool2d` of the one-hot labels gives the fraction of each class in every block, and
+# the token's class is the majority. Blocks on a boundary are mixed; exercise 3 repeats the
+# analysis with only the pure blocks.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 one_hot = F.one_hot(heldout_labels, num_classes).permute(0, 3, 1, 2).double()   # [B, C, 64, 64]
 class_fraction = F.avg_pool2d(one_hot, 4).flatten(2)                           # [B, C, N]
@@ -278,31 +293,29 @@ token_class = class_fraction.argmax(1)                                          
 share = torch.bincount(token_class.flatten(), minlength=num_classes) / token_class.numel()
 print("token classes", tuple(token_class.shape), " share of tokens per class:",
       {name: round(float(s), 3) for name, s in zip(u.CLASS_NAMES, share)})
-''')
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 4. What each expert reads (latent → pixels)
+# %% [markdown]
+# ## 4. What each expert reads (latent → pixels)
+#
+# Pick a held-out image with all three shapes in it. For each expert, `u.plot_attention` draws its
+# weights over the 256 tokens (averaged over the 4 heads) as a heatmap over the image, each map
+# scaled to its own maximum: bright = read a lot.
 
-Pick a held-out image with all three shapes in it. For each expert, `u.plot_attention` draws its
-weights over the 256 tokens (averaged over the 4 heads) as a heatmap over the image, each map
-scaled to its own maximum: bright = read a lot.
-""")
-    nb.code(r'''
+# %%
 sample = next(i for i in range(B) if len(heldout_labels[i].unique()) == num_classes)
 print(f"sample {sample}: classes", [u.CLASS_NAMES[c] for c in heldout_labels[sample].unique()])
 fig = u.plot_attention(heldout_images[sample], latent_w[sample].mean(0),
                        labels=[f"expert {k}" for k in range(K)],
                        title=f"What each expert reads in held-out image {sample} (mean over heads)")
 plt.show()
-''')
-    nb.md(r"""
-No expert lights up a shape. The bright spots are on the **background**, many of them at the
-edge of the image. One image can mislead, so we measure over all 256: for each expert, the
-share of its attention that lands on tokens of each class. If an expert read everything evenly,
-its black bar would match the background's share of the tokens (dashed line).
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# No expert lights up a shape. The bright spots are on the **background**, many of them at the
+# edge of the image. One image can mislead, so we measure over all 256: for each expert, the
+# share of its attention that lands on tokens of each class. If an expert read everything evenly,
+# its black bar would match the background's share of the tokens (dashed line).
+
+# %%
 # where each expert's attention lands: [K, C], averaged over images, heads averaged
 reads_class = torch.einsum("bkn,bcn->kc", latent_w.mean(1).double(), class_fraction) / B
 fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -318,18 +331,18 @@ ax.legend(fontsize=7, loc="upper center", ncol=5, bbox_to_anchor=(0.5, -0.22), f
 fig.tight_layout()
 plt.show()
 print("share of attention on background, per expert:", reads_class[:, 0].numpy().round(2))
-''')
-    nb.md(r"""
-Every expert reads the background *more* than its share of the tokens, and the shapes get a few
-percent of each expert's attention. There is no "circle expert" or "triangle expert" on the
-reading side. Some experts (the tallest black bars) read almost nothing but background, the
-others a little more object.
 
-And the edge of the image? The outer ring of the 16×16 token grid is almost pure background in
-this data. We compare the share of attention it gets with the share of tokens it holds, for the
-trained model:
-""")
-    nb.code(r'''
+# %% [markdown]
+# Every expert reads the background *more* than its share of the tokens, and the shapes get a few
+# percent of each expert's attention. There is no "circle expert" or "triangle expert" on the
+# reading side. Some experts (the tallest black bars) read almost nothing but background, the
+# others a little more object.
+#
+# And the edge of the image? The outer ring of the 16×16 token grid is almost pure background in
+# this data. We compare the share of attention it gets with the share of tokens it holds, for the
+# trained model:
+
+# %%
 edge = torch.zeros(grid, grid, dtype=torch.bool)
 edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
 edge = edge.flatten()                                            # [N]: the outer ring of tokens
@@ -337,41 +350,38 @@ edge_attention = latent_w.mean(1)[..., edge].sum(-1).mean(0)     # [K]: share pe
 print(f"the edge ring holds {edge.double().mean():.1%} of the tokens, "
       f"{class_fraction[:, 0][:, edge].mean():.1%} of them background")
 print(f"share of each expert's attention on it: {edge_attention.min():.1%} to {edge_attention.max():.1%}")
-''')
-    nb.md(r"""
-The edge gets somewhat more than its share, but most of each expert's attention is spread thinly
-over the background everywhere: the bright edge spots in the picture are peaks, not the bulk.
 
-### 4.1 The heads, one by one
+# %% [markdown]
+# The edge gets somewhat more than its share, but most of each expert's attention is spread thinly
+# over the background everywhere: the bright edge spots in the picture are peaks, not the bulk.
+#
+# ### 4.1 The heads, one by one
+#
+# Each expert reads the image with 4 heads, each with its own query and key projections, and the
+# maps above are their mean. Here is the expert that reads the most object, one map per head.
 
-Each expert reads the image with 4 heads, each with its own query and key projections, and the
-maps above are their mean. Here is the expert that reads the most object, one map per head.
-""")
-    nb.code(r'''
+# %%
 object_expert = int(reads_class[:, 0].argmin())     # the expert that reads the most object
 print(f"expert {object_expert}: {1 - reads_class[object_expert, 0]:.0%} of its attention on objects")
 fig = u.plot_attention(heldout_images[sample], latent_w[sample, :, object_expert],
                        labels=[f"head {h}" for h in range(heads)],
                        title=f"Expert {object_expert} in image {sample}, one map per head")
 plt.show()
-''')
-    nb.md(r"""
-The heads of one expert do read different places, here different stretches of the background
-and of the image's edge, and one head spreads almost evenly. That is what several heads are for:
-one latent can gather from several places at once. But none of them follows a shape.
 
-""")
+# %% [markdown]
+# The heads of one expert do read different places, here different stretches of the background
+# and of the image's edge, and one head spreads almost evenly. That is what several heads are for:
+# one latent can gather from several places at once. But none of them follows a shape.
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 5. Which expert each pixel reads (pixel → expert)
+# %% [markdown]
+# ## 5. Which expert each pixel reads (pixel → expert)
+#
+# The other direction. Every token mixes the experts with its 16 weights. Averaging the heads and
+# taking the argmax gives each token's **main expert**: a map of the image in 16 "expert colours".
+# Experts are not classes, so they get their own qualitative palette (`tab20`), never the class
+# colours.
 
-The other direction. Every token mixes the experts with its 16 weights. Averaging the heads and
-taking the argmax gives each token's **main expert**: a map of the image in 16 "expert colours".
-Experts are not classes, so they get their own qualitative palette (`tab20`), never the class
-colours.
-""")
-    nb.code(r'''
+# %%
 expert_cmap = ListedColormap(plt.cm.tab20.colors[:K])
 expert_show = dict(cmap=expert_cmap, vmin=-0.5, vmax=K - 0.5, interpolation="nearest",
                    extent=(-0.5, 63.5, 63.5, -0.5))
@@ -398,34 +408,34 @@ plt.show()
 wins = torch.bincount(main_expert.flatten(), minlength=K) / main_expert.numel()
 print("share of all held-out tokens each expert wins (experts above 1%):",
       {k: round(float(w), 3) for k, w in enumerate(wins) if w > 0.01})
-''')
-    nb.md(r"""
-The map traces the objects, coarsely: background tokens pick one expert, and object tokens,
-with a rim of the background next to them, pick another (in the large circle of image 6 a few
-centre tokens go back to the background expert). Over the whole held-out set two experts win
-more than four tokens in five, and the other fourteen share the rest. A circle, a square and a triangle
-pick the **same** expert: the head-mean map is a rough object-or-background mask, and no
-segmentation at all of the three shapes.
 
-The argmax also hides how soft the choice is. How large is a token's biggest weight, on average?
-Uniform over 16 experts would be $1/16 = 0.06$; a token that reads only one expert would have 1.
-""")
-    nb.code(r'''
+# %% [markdown]
+# The map traces the objects, coarsely: background tokens pick one expert, and object tokens,
+# with a rim of the background next to them, pick another (in the large circle of image 6 a few
+# centre tokens go back to the background expert). Over the whole held-out set two experts win
+# more than four tokens in five, and the other fourteen share the rest. A circle, a square and a triangle
+# pick the **same** expert: the head-mean map is a rough object-or-background mask, and no
+# segmentation at all of the three shapes.
+#
+# The argmax also hides how soft the choice is. How large is a token's biggest weight, on average?
+# Uniform over 16 experts would be $1/16 = 0.06$; a token that reads only one expert would have 1.
+
+# %%
 top_weight = pixel_w.mean(1).max(-1).values                  # [B, N]
 print(f"a token's largest expert weight: mean {top_weight.mean():.3f}, "
       f"90% of tokens below {top_weight.flatten().quantile(0.9):.3f} "
       f"(uniform: {1 / K:.3f}, one expert only: 1)")
-''')
-    nb.md(r"""
-So a token reads a *blend* of many experts, with the main one at a fifth or less of the mix. The
-argmax map shows the ridge of a soft landscape.
 
-### 5.1 The heads' own maps
+# %% [markdown]
+# So a token reads a *blend* of many experts, with the main one at a fifth or less of the mix. The
+# argmax map shows the ridge of a soft landscape.
+#
+# ### 5.1 The heads' own maps
+#
+# Each head has its own pixel weights, so each head has its own map. Here they are for the sample
+# image, beside the head mean.
 
-Each head has its own pixel weights, so each head has its own map. Here they are for the sample
-image, beside the head mean.
-""")
-    nb.code(r'''
+# %%
 fig, axes = plt.subplots(1, heads + 2, figsize=(2.0 * (heads + 2) + 0.8, 2.6))
 axes[0].imshow(heldout_labels[sample].numpy(), cmap=u.class_colormap(num_classes), vmin=0,
                vmax=num_classes - 1, interpolation="nearest")
@@ -443,23 +453,21 @@ for ax in axes:
 fig.colorbar(im, ax=axes.tolist(), ticks=range(0, K, 3), label="expert", fraction=0.02)
 fig.suptitle(f"Main expert per token in image {sample}: each head, and their mean")
 plt.show()
-''')
-    nb.md(r"""
-The single heads are busier than their mean. All of them split background from objects, but
-inside the objects some heads switch between several experts, and the mean smooths that away.
-Whether those switches follow the shapes is a question for numbers, in the next section.
-""")
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 6. Do the experts specialise? Measured
+# %% [markdown]
+# The single heads are busier than their mean. All of them split background from objects, but
+# inside the objects some heads switch between several experts, and the mean smooths that away.
+# Whether those switches follow the shapes is a question for numbers, in the next section.
 
-Pictures suggest; numbers decide. First the **usage per class**: for each class $c$, the mean
-pixel-to-expert weight (head mean) over all tokens of class $c$ in the held-out set. Each row is
-a distribution over the 16 experts (it sums to 1). If experts specialised in classes, each row
-would be concentrated on a few experts, and different rows on different ones.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ## 6. Do the experts specialise? Measured
+#
+# Pictures suggest; numbers decide. First the **usage per class**: for each class $c$, the mean
+# pixel-to-expert weight (head mean) over all tokens of class $c$ in the held-out set. Each row is
+# a distribution over the 16 experts (it sums to 1). If experts specialised in classes, each row
+# would be concentrated on a few experts, and different rows on different ones.
+
+# %%
 token_weights = pixel_w.mean(1).double()                               # [B, N, K]
 usage = torch.stack([token_weights[token_class == c].mean(0) for c in range(num_classes)])  # [C, K]
 fig, ax = plt.subplots(figsize=(9, 2.9))
@@ -475,21 +483,22 @@ ax.set(xlabel="expert", ylabel="true class of the token",
 fig.colorbar(im, ax=ax, label="mean weight", fraction=0.03)
 fig.tight_layout()
 plt.show()
-''')
-    nb.md(r"""
-The background row stands apart: it puts most of its weight on a few experts that the objects
-barely use. The circle, square and triangle rows are almost the same row. Two numbers make
-this precise.
 
-**Mutual information** between a token's main expert $E$ and its class $C$ is how much knowing
-the expert tells you about the class:
-$I(E; C) = \sum_{e, c} p(e, c) \ln \frac{p(e, c)}{p(e)\,p(c)}$. Dividing it by the entropy of
-the class, $H(C)$, gives the fraction of the class uncertainty that the expert choice removes:
-0 when the expert says nothing about the class, 1 when it says everything. We split it into the
-two questions a segmenter has to answer: *object or background?* (over all tokens) and *which
-shape?* (over the object tokens only). An untrained model of the same design gives the floor.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The background row stands apart: it puts most of its weight on a few experts that the objects
+# barely use. The circle, square and triangle rows are almost the same row. Two numbers make
+# this precise.
+#
+# **Mutual information** between a token's main expert $E$ and its class $C$ is how much knowing
+# the expert tells you about the class:
+# $I(E; C) = \sum_{e, c} p(e, c) \ln \frac{p(e, c)}{p(e)\,p(c)}$. Dividing it by the entropy of
+# the class, $H(C)$, gives the fraction of the class uncertainty that the expert choice removes:
+# 0 when the expert says nothing about the class, 1 when it says everything. We split it into the
+# two questions a segmenter has to answer: *object or background?* (over all tokens) and *which
+# shape?* (over the object tokens only). An untrained model of the same design gives the floor.
+
+# %%
 def mutual_information(a, b, num_a, num_b):
     """I(A; B) in nats from paired samples of two discrete variables (integer tensors)."""
     joint = torch.bincount(a.flatten() * num_b + b.flatten(), minlength=num_a * num_b)
@@ -521,13 +530,13 @@ def specialisation(main_expert):
 
 print(f"I(E; C) = {mutual_information(token_class, main_expert, num_classes, K):.3f} nats, "
       f"H(C) = {entropy(token_class, num_classes):.3f} nats")
-''')
-    nb.md(r"""
-The table: the trained model's main expert from the head mean, then from each head alone (each
-head has its own weights, so its own main expert), and the floor, an untrained `LatentSegNet`
-(seed 0) on the same images.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The table: the trained model's main expert from the head mean, then from each head alone (each
+# head has its own weights, so its own main expert), and the floor, an untrained `LatentSegNet`
+# (seed 0) on the same images.
+
+# %%
 torch.manual_seed(0)
 untrained = u.LatentSegNet(**config).to(device).eval()
 with torch.no_grad():
@@ -542,22 +551,22 @@ head_shape = [table[f"trained, head {h} alone"]["which shape"] for h in range(he
 print(f"{'fraction of uncertainty explained':<28}" + "".join(f"{c:>22}" for c in trained_spec))
 for name, spec in table.items():
     print(f"{name:<28}" + "".join(f"{v:>22.3f}" for v in spec.values()))
-''')
-    nb.md(r"""
-The second number looks at the weights themselves rather than the argmax: the **normalised
-entropy** of each class's usage row, $H(\text{usage}_c) / \ln K$. It is 1 when a class spreads
-its weight evenly over all 16 experts, 0 when it uses a single expert.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The second number looks at the weights themselves rather than the argmax: the **normalised
+# entropy** of each class's usage row, $H(\text{usage}_c) / \ln K$. It is 1 when a class spreads
+# its weight evenly over all 16 experts, 0 when it uses a single expert.
+
+# %%
 usage_entropy = -(usage * usage.log()).sum(1) / math.log(K)
 for name, value in zip(u.CLASS_NAMES, usage_entropy.tolist()):
     print(f"normalised entropy of the usage, {name:<10} {value:.3f}   "
           f"(about {math.exp(value * math.log(K)):.1f} experts' worth)")
-''')
-    nb.md(r"""
-The verdict, as checks that the test suite compares on every run:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The verdict, as checks that the test suite compares on every run:
+
+# %%
 # NBVAL_CHECK_OUTPUT
 print("experts separate background from objects (more than 25% explained):",
       trained_spec["object or background"] > 0.25)
@@ -568,25 +577,25 @@ print("training made the experts more informative than chance:",
 print("no head alone explains more than half of which shape:", max(head_shape) < 0.5)
 print("every class spreads its weight over many experts (normalised entropy above 0.8):",
       bool((usage_entropy > 0.8).all()))
-''')
-    nb.md(r"""
-**Plainly: the experts specialise in background against object, and hardly in anything
-finer.** Knowing a token's main expert (head mean) removes about half the uncertainty about
-whether it is background or object, against almost nothing in an untrained model. Among the
-object tokens it removes only a few percent of the uncertainty about *which* shape: circles,
-squares and triangles read the same experts in nearly the same proportions. One head on its own
-does better on the shapes (the best head explains about a quarter), but averaging the heads
-washes that out. And every class spreads its weight over
-most of the 16 experts: the usage is soft, not a hard routing.
 
-### 6.1 Sixteen experts, or two?
+# %% [markdown]
+# **Plainly: the experts specialise in background against object, and hardly in anything
+# finer.** Knowing a token's main expert (head mean) removes about half the uncertainty about
+# whether it is background or object, against almost nothing in an untrained model. Among the
+# object tokens it removes only a few percent of the uncertainty about *which* shape: circles,
+# squares and triangles read the same experts in nearly the same proportions. One head on its own
+# does better on the shapes (the best head explains about a quarter), but averaging the heads
+# washes that out. And every class spreads its weight over
+# most of the 16 experts: the usage is soft, not a hard routing.
+#
+# ### 6.1 Sixteen experts, or two?
+#
+# Why would 16 experts end up in two camps? Look at the experts themselves: the 16 vectors the
+# latents hold after reading the image (the output of the read block), compared by cosine
+# similarity, averaged over 64 images. We catch them with a forward hook, a function PyTorch calls
+# with a module's output.
 
-Why would 16 experts end up in two camps? Look at the experts themselves: the 16 vectors the
-latents hold after reading the image (the output of the read block), compared by cosine
-similarity, averaged over 64 images. We catch them with a forward hook, a function PyTorch calls
-with a module's output.
-""")
-    nb.code(r'''
+# %%
 caught = {}
 read_block = model.reads[-1]                     # latents read the pixels; returns (latents, weights)
 hook = read_block.register_forward_hook(
@@ -611,30 +620,30 @@ fig.tight_layout()
 plt.show()
 print(f"pairs of different experts with similarity above 0.95: "
       f"{int(((similarity > 0.95).sum() - K) / 2)} of {K * (K - 1) // 2}")
-''')
-    nb.md(r"""
-Two bright blocks: the experts that read mostly background are near copies of each other, and
-so are the others, with a few in between. Sixteen slots hold about two distinct vectors per
-image. Nothing in the training asks them to differ (there is no diversity or load-balancing
-loss, unlike a real mixture of experts), so they do not.
 
-## 7. Does the model need its experts? Measured
+# %% [markdown]
+# Two bright blocks: the experts that read mostly background are near copies of each other, and
+# so are the others, with a few in between. Sixteen slots hold about two distinct vectors per
+# image. Nothing in the training asks them to differ (there is no diversity or load-balancing
+# loss, unlike a real mixture of experts), so they do not.
+#
+# ## 7. Does the model need its experts? Measured
+#
+# Remember how the model is built (notebook 05): after the pixels read the experts, their features
+# are **concatenated with the encoder's own features** and fused. So attention sits *beside* a
+# direct route from the convolutions to the classifier, not across it. Two measurements on the
+# trained model, without retraining:
+#
+# 1. **No reading:** the pixels read nothing (the attention's output is replaced by zeros).
+# 2. **One expert only:** the pixels may read only expert $k$, for each $k$ in turn. With one
+#    expert left, every pixel of an image gets the same vector: whatever the model gains then is
+#    a summary of the whole image, not a per-pixel choice of expert.
+#
+# A forward pre-hook changes the keys and values that the pixel-reading attention receives; the
+# context manager removes it again whatever happens. These are 18 evaluations, so to keep the
+# notebook quick they use the first 64 held-out images (about 10 seconds on a CPU).
 
-Remember how the model is built (notebook 05): after the pixels read the experts, their features
-are **concatenated with the encoder's own features** and fused. So attention sits *beside* a
-direct route from the convolutions to the classifier, not across it. Two measurements on the
-trained model, without retraining:
-
-1. **No reading:** the pixels read nothing (the attention's output is replaced by zeros).
-2. **One expert only:** the pixels may read only expert $k$, for each $k$ in turn. With one
-   expert left, every pixel of an image gets the same vector: whatever the model gains then is
-   a summary of the whole image, not a per-pixel choice of expert.
-
-A forward pre-hook changes the keys and values that the pixel-reading attention receives; the
-context manager removes it again whatever happens. These are 18 evaluations, so to keep the
-notebook quick they use the first 64 held-out images (about 10 seconds on a CPU).
-""")
-    nb.code(r'''
+# %%
 pixel_reading = model.writes[-1].attention       # nn.MultiheadAttention(query=tokens, key=value=experts)
 
 
@@ -668,11 +677,11 @@ for k in range(K):
         one_expert_miou.append(ablation_miou())
 print(f"first 64 held-out images: all 16 experts {full_miou:.3f}, no reading {no_reading_miou:.3f}, "
       f"one expert only {min(one_expert_miou):.3f} to {max(one_expert_miou):.3f}")
-''')
-    nb.md(r"""
-The same numbers as a chart:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The same numbers as a chart:
+
+# %%
 fig, ax = plt.subplots(figsize=(8, 3.2))
 ax.bar(range(K), one_expert_miou, color=plt.cm.tab20.colors[:K], edgecolor="grey",
        label="pixels read only this expert")
@@ -684,38 +693,38 @@ ax.set(xticks=range(K), xlabel="the one expert left", ylabel="mIoU (64 held-out 
 ax.legend(fontsize=8, loc="lower right")
 fig.tight_layout()
 plt.show()
-''')
-    nb.md(r"""
-As checks:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# As checks:
+
+# %%
 # NBVAL_CHECK_OUTPUT
 print("reading nothing costs more than 0.1 mIoU:", full_miou - no_reading_miou > 0.1)
 print("any single expert keeps the mIoU within 0.03 of all 16:",
       full_miou - min(one_expert_miou) < 0.03)
-''')
-    nb.md(r"""
-Both results matter. **Attention is not decoration**: take it away and the mIoU falls by about
-a quarter (the model was trained with it, so its other parts lean on it). But **any single
-expert will do**. What the pixels need from the attention is one vector per image, a summary
-that the experts read mostly from the background, and each of the 16 near copies carries it.
-The shape information that one head routes (section 6) is not needed: the encoder's own features
-reach the classifier directly.
 
-So in this model, on this data, the latents are best read the way the Perceiver paper
-(*Perceiver: General Perception with Iterative Attention*, Jaegle et al., 2021) reads its
-latents: a small set of cluster centres that summarise the input, here collapsed to about two
-clusters. They are not experts in the mixture-of-experts sense: they hold no weights of their
-own, no pixel is routed to a chosen few of them (each reads a soft blend of all 16), and they do
-not divide the classes between them.
+# %% [markdown]
+# Both results matter. **Attention is not decoration**: take it away and the mIoU falls by about
+# a quarter (the model was trained with it, so its other parts lean on it). But **any single
+# expert will do**. What the pixels need from the attention is one vector per image, a summary
+# that the experts read mostly from the background, and each of the 16 near copies carries it.
+# The shape information that one head routes (section 6) is not needed: the encoder's own features
+# reach the classifier directly.
+#
+# So in this model, on this data, the latents are best read the way the Perceiver paper
+# (*Perceiver: General Perception with Iterative Attention*, Jaegle et al., 2021) reads its
+# latents: a small set of cluster centres that summarise the input, here collapsed to about two
+# clusters. They are not experts in the mixture-of-experts sense: they hold no weights of their
+# own, no pixel is routed to a chosen few of them (each reads a soft blend of all 16), and they do
+# not divide the classes between them.
+#
+# ## 8. The worst failure cases
+#
+# A mean hides the tail. We score each held-out image on its own, in two ways: the fraction of its
+# pixels that are wrong, and its own mIoU (over the classes present in its truth or its
+# prediction). The two rankings find different failures.
 
-## 8. The worst failure cases
-
-A mean hides the tail. We score each held-out image on its own, in two ways: the fraction of its
-pixels that are wrong, and its own mIoU (over the classes present in its truth or its
-prediction). The two rankings find different failures.
-""")
-    nb.code(r'''
+# %%
 wrong = (predictions != heldout_labels).double().mean((1, 2))                  # [B]
 image_miou = torch.tensor([u.mean_iou(predictions[i], heldout_labels[i], num_classes)
                            for i in range(B)])                                  # [B]
@@ -730,12 +739,12 @@ fig.tight_layout()
 plt.show()
 print(f"wrong pixels: median {wrong.median():.1%}, worst {wrong.max():.1%}; "
       f"image mIoU: median {image_miou.median():.3f}, {int((image_miou < 0.8).sum())} images below 0.8")
-''')
-    nb.md(r"""
-Most images are nearly perfect, with a thin tail on the left of each histogram. First the
-images with the most wrong pixels:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# Most images are nearly perfect, with a thin tail on the left of each histogram. First the
+# images with the most wrong pixels:
+
+# %%
 worst_wrong = wrong.argsort(descending=True)[:4]
 fig = u.plot_predictions(heldout_images[worst_wrong], heldout_labels[worst_wrong],
                          predictions[worst_wrong], max_images=4,
@@ -743,21 +752,21 @@ fig = u.plot_predictions(heldout_images[worst_wrong], heldout_labels[worst_wrong
 plt.show()
 for i in worst_wrong.tolist():
     print(f"image {i:>3}: {wrong[i]:.1%} wrong, image mIoU {image_miou[i]:.3f}")
-''')
-    nb.md(r"""
-These are the real failures, and all four share one cause: **objects that overlap**, often in
-similar colours. In the top row a triangle in front of a circle is called mostly circle. In the
-second, a circle half hidden behind two squares spreads over one of them. In the third, a
-triangle in front of a square of similar colour is called mostly square. In the last, a square
-half hidden by a triangle of nearly the same green becomes a patch of circle and square. The
-class is the shape, and where objects overlap the visible outline is neither shape: the model
-has to guess which object is in front, and colour, its only cue for where one object ends, helps
-little when the colours are close. The data generator lets objects hide each other freely
-(notebook 04), so some of these images are hard for any model.
 
-Now the images with the lowest mIoU of their own:
-""")
-    nb.code(r'''
+# %% [markdown]
+# These are the real failures, and all four share one cause: **objects that overlap**, often in
+# similar colours. In the top row a triangle in front of a circle is called mostly circle. In the
+# second, a circle half hidden behind two squares spreads over one of them. In the third, a
+# triangle in front of a square of similar colour is called mostly square. In the last, a square
+# half hidden by a triangle of nearly the same green becomes a patch of circle and square. The
+# class is the shape, and where objects overlap the visible outline is neither shape: the model
+# has to guess which object is in front, and colour, its only cue for where one object ends, helps
+# little when the colours are close. The data generator lets objects hide each other freely
+# (notebook 04), so some of these images are hard for any model.
+#
+# Now the images with the lowest mIoU of their own:
+
+# %%
 worst_miou = image_miou.argsort()[:4]
 fig = u.plot_predictions(heldout_images[worst_miou], heldout_labels[worst_miou],
                          predictions[worst_miou], max_images=4,
@@ -770,31 +779,29 @@ for i in worst_miou.tolist():
              if predicted[c] > 0 and present[c] == 0}
     print(f"image {i:>3}: mIoU {image_miou[i]:.3f}, {wrong[i]:.1%} wrong, "
           f"predicted but absent (pixels): {extra}")
-''')
-    nb.md(r"""
-A different list, and a lesson about the metric. Only the second image is on both lists; the
-other three have less than 3% of their pixels wrong. Their mIoU is low because the model
-predicted **a few pixels of a class that is not in the image** (the specks in the prediction
-column, and the counts printed above). That class then gets an IoU of 0, and an image with two true classes and two spurious ones scores
-about 0.5, however good the rest is. The bump between 0.6 and 0.75 in the histogram is the same
-effect with one spurious class. Over the whole held-out set such specks barely count (section 2);
-image by image they dominate. So before you trust a list of "worst images", check what ranks
-them. The one genuine failure here is occlusion again: in the top row, the sliver of a square
-squeezed between two triangles is missed.
-""")
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 9. Explore it yourself
+# %% [markdown]
+# A different list, and a lesson about the metric. Only the second image is on both lists; the
+# other three have less than 3% of their pixels wrong. Their mIoU is low because the model
+# predicted **a few pixels of a class that is not in the image** (the specks in the prediction
+# column, and the counts printed above). That class then gets an IoU of 0, and an image with two true classes and two spurious ones scores
+# about 0.5, however good the rest is. The bump between 0.6 and 0.75 in the histogram is the same
+# effect with one spurious class. Over the whole held-out set such specks barely count (section 2);
+# image by image they dominate. So before you trust a list of "worst images", check what ranks
+# them. The one genuine failure here is occlusion again: in the top row, the sliver of a square
+# squeezed between two triangles is missed.
 
-`latentseg_widgets.expert_browser` puts everything above under sliders: pick a held-out image
-and an expert, a head (or their mean) and a view (what the expert reads, how much each pixel
-reads it, or the main-expert map with the chosen expert outlined). It needs a running notebook
-(Jupyter or Colab); in a static view of this page the cell shows nothing. The widgets live in
-their own module, `latentseg_widgets.py`, which the setup cell fetches beside
-`latentseg_utils.py` in Colab; if it is missing, the cell says so instead of failing.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ## 9. Explore it yourself
+#
+# `latentseg_widgets.expert_browser` puts everything above under sliders: pick a held-out image
+# and an expert, a head (or their mean) and a view (what the expert reads, how much each pixel
+# reads it, or the main-expert map with the chosen expert outlined). It needs a running notebook
+# (Jupyter or Colab); in a static view of this page the cell shows nothing. The widgets live in
+# their own module, `latentseg_widgets.py`, which the setup cell installs beside
+# `latentseg_utils.py` in Colab; if it is missing, the cell says so instead of failing.
+
+# %%
 # NBVAL_IGNORE_OUTPUT
 try:
     import latentseg_widgets as uw
@@ -805,36 +812,35 @@ except ImportError:
 if uw is not None:
     browser = uw.expert_browser(model, heldout_images[:16], heldout_labels[:16])
     display(browser)
-''')
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## Summary
 
-- The final model scores a held-out mIoU above 0.9. On typical images its errors are single
-  pixels; its real failures are overlapping objects, whose visible outline is no shape. A
-  per-image mIoU also flags images that are fine except for a few stray pixels of an absent class.
-- The confusion matrix and IoU per class say the same in numbers: background is nearly perfect,
-  the shapes lose a few percent each, the triangle most.
-- Attention in both directions, drawn: each expert reads broad regions, mostly background; each
-  pixel reads a soft blend of experts, and the main-expert map splits background from objects.
-- Measured, the experts specialise in *object or background* and hardly in anything finer:
-  averaged over heads they do not tell a circle from a square (one head alone does, a little),
-  the 16 experts behave like about 2, and any single one can stand in for all of them.
-  Attention still matters (without it the mIoU drops sharply), as a per-image summary beside
-  the encoder's own route to the classifier.
-- The method carries over to any model: draw, then measure (usage per class, mutual information,
-  similarity, ablation), and compare with an untrained baseline before believing a picture.
+# %% [markdown]
+# ## Summary
+#
+# - The final model scores a held-out mIoU above 0.9. On typical images its errors are single
+#   pixels; its real failures are overlapping objects, whose visible outline is no shape. A
+#   per-image mIoU also flags images that are fine except for a few stray pixels of an absent class.
+# - The confusion matrix and IoU per class say the same in numbers: background is nearly perfect,
+#   the shapes lose a few percent each, the triangle most.
+# - Attention in both directions, drawn: each expert reads broad regions, mostly background; each
+#   pixel reads a soft blend of experts, and the main-expert map splits background from objects.
+# - Measured, the experts specialise in *object or background* and hardly in anything finer:
+#   averaged over heads they do not tell a circle from a square (one head alone does, a little),
+#   the 16 experts behave like about 2, and any single one can stand in for all of them.
+#   Attention still matters (without it the mIoU drops sharply), as a per-image summary beside
+#   the encoder's own route to the classifier.
+# - The method carries over to any model: draw, then measure (usage per class, mutual information,
+#   similarity, ablation), and compare with an untrained baseline before believing a picture.
+#
+# ## Exercises
+#
+# ### Exercise 1: recall and precision from the confusion matrix
+#
+# Write `recall_precision(confusion)` that returns two tensors `[C]`: the recall of each class
+# (the fraction of its true pixels found) and its precision (the fraction of the pixels predicted
+# as it that really are it). The check tests it on a small hand-made matrix and on the model's.
 
-## Exercises
-
-### Exercise 1: recall and precision from the confusion matrix
-
-Write `recall_precision(confusion)` that returns two tensors `[C]`: the recall of each class
-(the fraction of its true pixels found) and its precision (the fraction of the pixels predicted
-as it that really are it). The check tests it on a small hand-made matrix and on the model's.
-""")
-    nb.code(r'''
+# %%
 def check_recall_precision(fn):
     toy = torch.tensor([[8, 2], [1, 9]])
     recall, precision = fn(toy)
@@ -844,8 +850,9 @@ def check_recall_precision(fn):
     assert tuple(recall.shape) == tuple(precision.shape) == (num_classes,)
     print("correct; lowest recall:", u.CLASS_NAMES[int(recall.argmin())],
           " lowest precision:", u.CLASS_NAMES[int(precision.argmin())])
-''')
-    nb.code(r'''
+
+
+# %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
 def recall_precision(confusion):
     confusion = confusion.double()
@@ -853,18 +860,19 @@ def recall_precision(confusion):
     return right / confusion.sum(1), right / confusion.sum(0)   # rows: truth; columns: prediction
 
 check_recall_precision(recall_precision)
-''', hidden=True)
-    nb.md(r"""
-### Exercise 2: classes that are not there
 
-Section 8 found images whose low mIoU comes from a few pixels of a class that the image does not
-contain. How common is that? Write `spurious_classes(prediction, truth)` that takes one image's
-label maps `[H, W]` and returns the sorted list of class ids that are predicted somewhere but
-absent from the truth. The check counts the images that have one, and how many of the images
-with an mIoU below 0.8 they account for. Then think: how would you change the per-image score
-so that five stray pixels cannot halve it?
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# ### Exercise 2: classes that are not there
+#
+# Section 8 found images whose low mIoU comes from a few pixels of a class that the image does not
+# contain. How common is that? Write `spurious_classes(prediction, truth)` that takes one image's
+# label maps `[H, W]` and returns the sorted list of class ids that are predicted somewhere but
+# absent from the truth. The check counts the images that have one, and how many of the images
+# with an mIoU below 0.8 they account for. Then think: how would you change the per-image score
+# so that five stray pixels cannot halve it?
+
+# %%
 def check_spurious(fn):
     toy_prediction, toy_truth = torch.tensor([[0, 1], [3, 3]]), torch.tensor([[0, 0], [3, 2]])
     assert list(fn(toy_prediction, toy_truth)) == [1], "class 1 is predicted but not in the truth"
@@ -873,8 +881,9 @@ def check_spurious(fn):
     low = image_miou < 0.8
     print(f"correct; {int(has.sum())} of {B} images have a spurious class, "
           f"{int((has & low).sum())} of the {int(low.sum())} images with an mIoU below 0.8")
-''')
-    nb.code(r'''
+
+
+# %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
 def spurious_classes(prediction, truth):
     return sorted(set(prediction.unique().tolist()) - set(truth.unique().tolist()))
@@ -882,16 +891,16 @@ def spurious_classes(prediction, truth):
 check_spurious(spurious_classes)
 # A fairer per-image score ignores classes with only a handful of pixels in both truth and
 # prediction (say under 20), or reports pixel accuracy beside the mIoU.
-''', hidden=True)
-    nb.md(r"""
-### Exercise 3: pure tokens only
 
-Section 6 gave every token the majority class of its 4×4 block, so tokens on a boundary count
-for a class they only half belong to. Maybe that blurs the specialisation. Write
-`pure_usage(token_weights, class_fraction)` that returns the usage per class `[C, K]` using only
-the tokens whose block is entirely one class. Does the picture change?
-""")
-    nb.code(r'''
+# %% [markdown]
+# ### Exercise 3: pure tokens only
+#
+# Section 6 gave every token the majority class of its 4×4 block, so tokens on a boundary count
+# for a class they only half belong to. Maybe that blurs the specialisation. Write
+# `pure_usage(token_weights, class_fraction)` that returns the usage per class `[C, K]` using only
+# the tokens whose block is entirely one class. Does the picture change?
+
+# %%
 def check_pure_usage(fn):
     result = fn(token_weights, class_fraction)
     assert tuple(result.shape) == (num_classes, K), f"expected {(num_classes, K)}, got {tuple(result.shape)}"
@@ -904,8 +913,9 @@ def check_pure_usage(fn):
     print("correct; largest difference between the three shapes' rows:",
           f"{(shapes[:, None] - shapes[None]).abs().max():.3f}",
           f"(between background and any shape: {(result[0] - shapes).abs().max():.3f})")
-''')
-    nb.code(r'''
+
+
+# %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
 def pure_usage(token_weights, class_fraction):
     pure = class_fraction.max(1).values == 1                  # [B, N]: one class in the whole block
@@ -915,14 +925,13 @@ def pure_usage(token_weights, class_fraction):
 
 check_pure_usage(pure_usage)
 # The picture does not change: the three shapes still share one usage row, the background another.
-''', hidden=True)
 
-    nb.md(r"""
-## Final check
+# %% [markdown]
+# ## Final check
+#
+# The claims of this notebook, in one place. The test suite compares these lines on every run.
 
-The claims of this notebook, in one place. The test suite compares these lines on every run.
-""")
-    nb.code(r'''
+# %%
 # NBVAL_CHECK_OUTPUT
 print("model is LatentSegNet with 16 experts:", type(model).__name__ == "LatentSegNet" and K == 16)
 print("held-out mIoU at least 0.90:", scores["miou"] >= 0.90)
@@ -932,35 +941,3 @@ print("experts separate background from objects:", trained_spec["object or backg
 print("experts do not separate the shapes:", trained_spec["which shape"] < 0.25)
 print("attention matters, any one expert suffices:",
       full_miou - no_reading_miou > 0.1 and full_miou - min(one_expert_miou) < 0.03)
-''')
-    return nb
-
-
-
-
-def execute(path: str) -> None:
-    """Restart & Run All in place: execution counts 1..n, no timing metadata, no widget state."""
-    import os
-    import time
-
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    start = time.perf_counter()
-    NotebookClient(nb, timeout=1200, kernel_name="python3", record_timing=False,
-                   store_widget_state=True,
-                   resources={"metadata": {"path": os.path.dirname(path)}}).execute()
-    nb.metadata.pop("widgets", None)
-    nbformat.write(nb, path)
-    print(f"executed in {time.perf_counter() - start:.0f} s")
-
-
-if __name__ == "__main__":
-    import sys
-
-    nb = notebook_06()
-    path = nb.write("06_visualization.ipynb")
-    print(path)
-    if "--execute" in sys.argv[1:]:
-        execute(path)

@@ -1,49 +1,69 @@
-"""Write notebook 04 of the latentseg series (sources only, no outputs).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/build/make_04.py
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/latentseg/latentseg/blob/v0.2/notebooks/04_synthetic_data.ipynb)
+#
+# # 04 · Synthetic data: why noise teaches nothing, and a data set that needs context
+#
+# After this notebook you can tell from a loss curve when the data holds nothing to learn, build
+# the series' shapes data set yourself from coordinate grids, and show with measurements why a
+# pixel-by-pixel classifier cannot segment it.
+#
+# **Run time:** about 15 seconds on an idle 2-core CPU (a minute or more when the machine is busy), most of it in two short trainings.
+#
+# **What you will learn**
+# 1. Why the tutorial's model, trained on the tutorial's own data (noise images, random labels),
+#    can never get below a loss of ln 2, and what it learns instead.
+# 2. How the series' learnable data set is drawn: one shape from coordinate grids, several shapes
+#    that hide each other, colours that say "object" but never "which object", noise, the class rule.
+# 3. What the data looks like in numbers: class balance, colour per class, the fixed held-out set,
+#    the generator's speed.
+# 4. That the data needs spatial context: a classifier that sees one pixel at a time fails, and why.
+#
+# The first code cell is the series' setup. In Colab it installs the series' modules with pip
+# (pinned to a release) and then only what Colab lacks. On your own machine it does nothing: the
+# modules are already installed (`pip install -e .`).
 
-Then execute it for commit (Restart & Run All equivalent):
+# %%
+# Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
+# without their dependencies, then only what Colab lacks (never torch). Elsewhere: nothing;
+# the modules are already installed (`pip install -e .`, see the README).
+import importlib.util, os, sys
+LATENTSEG_PACKAGE = os.environ.get(
+    "LATENTSEG_PACKAGE", "git+https://github.com/latentseg/latentseg@v0.2")
+if "google.colab" in sys.modules:
+    # %pip install -q --no-deps {LATENTSEG_PACKAGE}
+    if _exit_code != 0:  # noqa: F821  (set by %pip: pip's exit status)
+        raise RuntimeError(f"pip could not install {LATENTSEG_PACKAGE} (its message is above); "
+                           "check the repository and the tag in LATENTSEG_PACKAGE")
+    missing = [f"'{req}'" for module, req in (("tqdm", "tqdm>=4.66"),
+                                              ("ipywidgets", "ipywidgets>=7.7"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        # %pip install -q {" ".join(missing)}
+        print(f"installed {LATENTSEG_PACKAGE}, then what Colab lacked:", ", ".join(missing))
+    else:
+        print(f"installed {LATENTSEG_PACKAGE}; nothing else needed (all present)")
 
-    cd notebooks && jupyter nbconvert --to notebook --execute --inplace \
-        --ExecutePreprocessor.record_timing=False \
-        --ExecutePreprocessor.store_widget_state=False 04_synthetic_data.ipynb
+# %% [markdown]
+# The imports, a fixed seed so that every number below is the same on every run, and the device
+# (printed so that a bug report says what you ran). `u` is the series' shared module; section 2
+# builds its data generator by hand and checks the two agree.
 
-Edit the text here, not in the .ipynb file, so the notebook stays reproducible.
-"""
-from nbtools import Notebook, imports_cell, setup_cell_source
-
-
-def notebook_04() -> Notebook:
-    nb = Notebook("nb04")
-    nb.md(r"""
-# 04 · Synthetic data: why noise teaches nothing, and a data set that needs context
-
-After this notebook you can tell from a loss curve when the data holds nothing to learn, build
-the series' shapes data set yourself from coordinate grids, and show with measurements why a
-pixel-by-pixel classifier cannot segment it.
-
-**Run time:** about 15 seconds on an idle 2-core CPU (a minute or more when the machine is busy), most of it in two short trainings.
-
-**What you will learn**
-1. Why the tutorial's model, trained on the tutorial's own data (noise images, random labels),
-   can never get below a loss of ln 2, and what it learns instead.
-2. How the series' learnable data set is drawn: one shape from coordinate grids, several shapes
-   that hide each other, colours that say "object" but never "which object", noise, the class rule.
-3. What the data looks like in numbers: class balance, colour per class, the fixed held-out set,
-   the generator's speed.
-4. That the data needs spatial context: a classifier that sees one pixel at a time fails, and why.
-
-The first code cell is the series' setup. In Colab it fetches `latentseg_utils.py` (pinned to a
-release) and installs what Colab lacks. On your own machine it does nothing except make the
-module importable.
-""")
-    nb.code(setup_cell_source(), verbatim=True)   # word for word
-    nb.md(r"""
-The imports, a fixed seed so that every number below is the same on every run, and the device
-(printed so that a bug report says what you ran). `u` is the series' shared module; section 2
-builds its data generator by hand and checks the two agree.
-""")
-    nb.code(imports_cell(r'''
+# %%
 import math
 import time
 
@@ -53,28 +73,31 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 import latentseg_utils as u
-'''))
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 1. The tutorial's data: noise in, noise out
+torch.manual_seed(0)
+device = u.get_device()
+print(f"torch {torch.__version__}, device: {device}")
+plt.rcParams["figure.dpi"] = 72   # small committed figures
 
-The tutorial trains its model on images made with `torch.rand` and label maps made with
-`torch.randint`. `u.make_noise_batch` is exactly that: uniform-noise images `[B, 3, H, W]` and,
-drawn separately, one random class id per pixel `[B, H, W]`. With the tutorial's default of two
-classes every label is 0 or 1, each with probability 1/2.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ## 1. The tutorial's data: noise in, noise out
+#
+# The tutorial trains its model on images made with `torch.rand` and label maps made with
+# `torch.randint`. `u.make_noise_batch` is exactly that: uniform-noise images `[B, 3, H, W]` and,
+# drawn separately, one random class id per pixel `[B, H, W]`. With the tutorial's default of two
+# classes every label is 0 or 1, each with probability 1/2.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 noise_images, noise_labels = u.make_noise_batch(8, 32, num_classes=2, seed=0)
 print("images:", tuple(noise_images.shape), noise_images.dtype)
 print("labels:", tuple(noise_labels.shape), noise_labels.dtype, "values:", noise_labels.unique().tolist())
-''')
-    nb.md(r"""
-This is what the model is asked to segment. The labels are drawn in the series' class palette;
-since they mean nothing, the legend calls them "label 0" and "label 1".
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# This is what the model is asked to segment. The labels are drawn in the series' class palette;
+# since they mean nothing, the legend calls them "label 0" and "label 1".
+
+# %%
 fig, axes = plt.subplots(2, 4, figsize=(6, 3.7))
 for i in range(4):
     axes[0, i].imshow(noise_images[i].permute(1, 2, 0).numpy())
@@ -88,39 +111,39 @@ fig.legend(handles=[Patch(facecolor=u.CLASS_COLORS[c], edgecolor="grey", label=f
 fig.suptitle("The tutorial's data: noise images and independent random labels")
 fig.tight_layout(rect=(0, 0.07, 1, 1))
 plt.show()
-''')
-    nb.md(r"""
-Is there anything in an image that tells its labels? By construction, no: the labels come from
-a separate call to the random number generator that never looks at the image. We can also see
-it in the numbers: on a large batch, the pixels labelled 0 and the pixels labelled 1 have the
-same mean colour and the same spread, up to sampling noise.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# Is there anything in an image that tells its labels? By construction, no: the labels come from
+# a separate call to the random number generator that never looks at the image. We can also see
+# it in the numbers: on a large batch, the pixels labelled 0 and the pixels labelled 1 have the
+# same mean colour and the same spread, up to sampling noise.
+
+# %%
 x, y = u.make_noise_batch(64, 32, num_classes=2, seed=1)
 pixels = x.permute(0, 2, 3, 1)                       # [B, H, W, 3]
 for c in (0, 1):
     chosen = pixels[y == c]                          # [n, 3]
     print(f"label {c}: {len(chosen):,} pixels, mean RGB {chosen.mean(0).numpy().round(3)}, "
           f"std RGB {chosen.std(0).numpy().round(3)}")
-''')
-    nb.md(r"""
-### Why ln 2 is the floor
 
-Take one pixel. Whatever the model computes from the image, it ends up with a probability $q$
-that the pixel is label 1. The true label is 0 or 1 with probability 1/2 each, *whatever the
-image is*, so the expected cross-entropy at that pixel is
+# %% [markdown]
+# ### Why ln 2 is the floor
+#
+# Take one pixel. Whatever the model computes from the image, it ends up with a probability $q$
+# that the pixel is label 1. The true label is 0 or 1 with probability 1/2 each, *whatever the
+# image is*, so the expected cross-entropy at that pixel is
+#
+# $$
+# \mathbb{E}[\text{loss}] = -\tfrac12 \ln q - \tfrac12 \ln (1-q) \;\ge\; \ln 2 \approx 0.6931,
+# $$
+#
+# with equality only at $q = 1/2$. (In general: the cross-entropy between the true distribution $p$
+# and the prediction $q$ is the entropy of $p$ plus $\mathrm{KL}(p\,\|\,q) \ge 0$, and the entropy
+# of $K$ equally likely classes is $\ln K$.) The image cannot help, because it is independent of
+# the label. So the best any model can do, however large, is to answer 1/2 everywhere, and its
+# loss is then ln 2. The cell below checks the inequality on a grid of $q$ and draws it.
 
-$$
-\mathbb{E}[\text{loss}] = -\tfrac12 \ln q - \tfrac12 \ln (1-q) \;\ge\; \ln 2 \approx 0.6931,
-$$
-
-with equality only at $q = 1/2$. (In general: the cross-entropy between the true distribution $p$
-and the prediction $q$ is the entropy of $p$ plus $\mathrm{KL}(p\,\|\,q) \ge 0$, and the entropy
-of $K$ equally likely classes is $\ln K$.) The image cannot help, because it is independent of
-the label. So the best any model can do, however large, is to answer 1/2 everywhere, and its
-loss is then ln 2. The cell below checks the inequality on a grid of $q$ and draws it.
-""")
-    nb.code(r'''
+# %%
 q = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
 expected_loss = -(0.5 * q.log() + 0.5 * (1 - q).log())
 best = int(expected_loss.argmin())
@@ -135,36 +158,36 @@ ax.set(xlabel="predicted probability of label 1, q", ylabel="expected loss", yli
 ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
-''')
-    nb.md(r"""
-### Train the tutorial's model on the tutorial's data
 
-Now the experiment. The tutorial's model with its defaults (`u.SegmentationModel()`: two classes,
-70,504 parameters), seeded so the run is the same every time.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ### Train the tutorial's model on the tutorial's data
+#
+# Now the experiment. The tutorial's model with its defaults (`u.SegmentationModel()`: two classes,
+# 70,504 parameters), seeded so the run is the same every time.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 torch.manual_seed(0)
 noise_model = u.SegmentationModel()
 print(f"SegmentationModel: {u.count_parameters(noise_model):,} parameters, "
       f"{noise_model.num_classes} classes")
-''')
-    nb.md(r"""
-Train it for 200 steps on fresh noise batches, with a constant learning rate of 1e-3. We use
-batches of 8 images of 32×32 pixels to keep it quick; the floor is ln 2 at any size.
-`u.train` calls `data(batch_size, image_size, seed=generator)` for every step, so
-`u.make_noise_batch` plugs straight in. There is nothing to evaluate on (no held-out set).
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# Train it for 200 steps on fresh noise batches, with a constant learning rate of 1e-3. We use
+# batches of 8 images of 32×32 pixels to keep it quick; the floor is ln 2 at any size.
+# `u.train` calls `data(batch_size, image_size, seed=generator)` for every step, so
+# `u.make_noise_batch` plugs straight in. There is nothing to evaluate on (no held-out set).
+
+# %%
 # NBVAL_IGNORE_OUTPUT
 noise_history = u.train(noise_model, steps=200, batch_size=8, image_size=32,
                         data=u.make_noise_batch, lr=1e-3, schedule="constant", heldout=None)
-''')
-    nb.md(r"""
-The loss per step, against the dashed line at ln 2. (The right-hand panel, held-out mIoU, stays
-empty: noise has no held-out set worth scoring.)
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The loss per step, against the dashed line at ln 2. (The right-hand panel, held-out mIoU, stays
+# empty: noise has no held-out set worth scoring.)
+
+# %%
 fig = u.plot_history(noise_history, title="The tutorial's model on the tutorial's data (noise)",
                      reference_loss=math.log(2))
 fig.axes[1].text(0.5, 0.5, "no held-out set:\nthere is nothing to score", ha="center",
@@ -173,98 +196,97 @@ fig.axes[1].set_xlim(fig.axes[0].get_xlim())
 fig.axes[0].lines[1].set_label(f"ln 2 = {math.log(2):.4f}")
 fig.axes[0].legend(fontsize=8)
 plt.show()
-''')
-    nb.md(r"""
-The loss falls from its starting value onto the line and stays there. We measure the mean of the
-last 100 steps. A single step can dip a hair below ln 2: in one batch the labels are never
-exactly half and half, and a model that answers slightly off 1/2 gets lucky on that batch. On
-average it cannot win.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The loss falls from its starting value onto the line and stays there. We measure the mean of the
+# last 100 steps. A single step can dip a hair below ln 2: in one batch the labels are never
+# exactly half and half, and a model that answers slightly off 1/2 gets lucky on that batch. On
+# average it cannot win.
+
+# %%
 losses = torch.tensor(noise_history["loss"])
 noise_final_loss = losses[-100:].mean().item()
 print(f"first step {losses[0]:.4f}, mean of the last 100 steps {noise_final_loss:.4f}, "
       f"ln 2 = {math.log(2):.4f}, difference {noise_final_loss - math.log(2):+.4f}")
 print(f"lowest single step {losses.min():.4f}")
-''')
-    nb.md(r"""
-The verdict, as a check that the test suite compares on every run. (The floats above may differ in
-their last digits on another machine; the verdict must not.)
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The verdict, as a check that the test suite compares on every run. (The floats above may differ in
+# their last digits on another machine; the verdict must not.)
+
+# %%
 # NBVAL_CHECK_OUTPUT
 assert abs(noise_final_loss - math.log(2)) < 0.01, noise_final_loss
 print("final loss within 0.01 of ln 2:", abs(noise_final_loss - math.log(2)) < 0.01)
-''')
-    nb.md(r"""
-What did the model learn? Exactly the one thing there is to learn: that each label has
-probability 1/2. On fresh noise it answers 1/2 at every pixel of every image.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# What did the model learn? Exactly the one thing there is to learn: that each label has
+# probability 1/2. On fresh noise it answers 1/2 at every pixel of every image.
+
+# %%
 fresh_images, _ = u.make_noise_batch(16, 32, num_classes=2, seed=123)
 with torch.no_grad():
     p1 = noise_model.cpu()(fresh_images).softmax(dim=1)[:, 1]      # [B, H, W]
 print(f"predicted probability of label 1: from {p1.min():.3f} to {p1.max():.3f}, mean {p1.mean():.3f}")
-''')
-    nb.md(r"""
-As a check:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# As a check:
+
+# %%
 # NBVAL_CHECK_OUTPUT
 print("every predicted probability within 0.05 of 1/2:", bool(((p1 - 0.5).abs() < 0.05).all()))
-''')
-    nb.md(r"""
-**Plainly:** on the tutorial's data the loss cannot go below ln 2, because there is nothing to
-learn. Images and labels are independent, so no model, however clever, can do better than
-answering 1/2. A loss curve that sits on ln 2 says nothing about whether the model works: the
-data gives it nothing to work on. The rest of the series needs data in which the labels follow
-from the image.
-""")
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 2. A data set with something to learn
+# %% [markdown]
+# **Plainly:** on the tutorial's data the loss cannot go below ln 2, because there is nothing to
+# learn. Images and labels are independent, so no model, however clever, can do better than
+# answering 1/2. A loss curve that sits on ln 2 says nothing about whether the model works: the
+# data gives it nothing to work on. The rest of the series needs data in which the labels follow
+# from the image.
 
-What we want from the data:
+# %% [markdown]
+# ## 2. A data set with something to learn
+#
+# What we want from the data:
+#
+# 1. **The labels follow from the image**, so there is something to learn.
+# 2. **The class needs spatial context.** Colour says *where* an object is, never *which* class it
+#    is; the class is the *shape*. A model must look at a neighbourhood to tell a circle from a
+#    square, which is what the encoder and the attention layers are for.
+# 3. **Cheap, endless and seeded**: a fresh batch at every step in milliseconds, the same batch for
+#    the same seed, nothing downloaded.
+# 4. **A fixed held-out set**, drawn apart from every training batch, to score every model the same way.
+#
+# We build it step by step, then check that our version is exactly `u.make_shapes_batch`, the
+# generator every later notebook trains on.
+#
+# ### 2.1 One shape from coordinate grids
+#
+# Number the pixels' centres 0.5, 1.5, ..., 63.5. For a shape centred at $(c_x, c_y)$, every pixel
+# has an offset $d_x$ (a row vector `[1, S]`) and $d_y$ (a column vector `[S, 1]`) from the centre.
+# Broadcasting the two gives a full `[S, S]` grid without a loop.
 
-1. **The labels follow from the image**, so there is something to learn.
-2. **The class needs spatial context.** Colour says *where* an object is, never *which* class it
-   is; the class is the *shape*. A model must look at a neighbourhood to tell a circle from a
-   square, which is what the encoder and the attention layers are for.
-3. **Cheap, endless and seeded**: a fresh batch at every step in milliseconds, the same batch for
-   the same seed, nothing downloaded.
-4. **A fixed held-out set**, drawn apart from every training batch, to score every model the same way.
-
-We build it step by step, then check that our version is exactly `u.make_shapes_batch`, the
-generator every later notebook trains on.
-
-### 2.1 One shape from coordinate grids
-
-Number the pixels' centres 0.5, 1.5, ..., 63.5. For a shape centred at $(c_x, c_y)$, every pixel
-has an offset $d_x$ (a row vector `[1, S]`) and $d_y$ (a column vector `[S, 1]`) from the centre.
-Broadcasting the two gives a full `[S, S]` grid without a loop.
-""")
-    nb.code(r'''
+# %%
 # NBVAL_CHECK_OUTPUT
 S = 64
 coords = torch.arange(S, dtype=torch.float32) + 0.5      # pixel centres
 dx = coords.view(1, S) - 32.0                            # [1, S]: offset along x (columns)
 dy = coords.view(S, 1) - 32.0                            # [S, 1]: offset along y (rows)
 print("dx", tuple(dx.shape), "dy", tuple(dy.shape), "-> grid", tuple((dx + dy).shape))
-''')
-    nb.md(r"""
-A shape is then a comparison on the grid, giving a boolean mask. All three shapes have a
-"radius" $r$ (half their height):
 
-- **circle** (class 1): $d_x^2 + d_y^2 \le r^2$;
-- **square** (class 2): $|d_x| \le 0.85\,r$ and $|d_y| \le 0.85\,r$ (side $1.7\,r$, so its area
-  $2.89\,r^2$ is close to the circle's $3.14\,r^2$: size is not a giveaway);
-- **triangle** (class 3), apex up: $|d_y| \le r$ and $|d_x| \le (d_y + r)/2$ (zero width at the
-  top, $2r$ wide at the bottom; area $2\,r^2$).
 
-The class ids are those of `u.CLASS_NAMES`; 0 is the background.
-""")
-    nb.code(r'''
+# %% [markdown]
+# A shape is then a comparison on the grid, giving a boolean mask. All three shapes have a
+# "radius" $r$ (half their height):
+#
+# - **circle** (class 1): $d_x^2 + d_y^2 \le r^2$;
+# - **square** (class 2): $|d_x| \le 0.85\,r$ and $|d_y| \le 0.85\,r$ (side $1.7\,r$, so its area
+#   $2.89\,r^2$ is close to the circle's $3.14\,r^2$: size is not a giveaway);
+# - **triangle** (class 3), apex up: $|d_y| \le r$ and $|d_x| \le (d_y + r)/2$ (zero width at the
+#   top, $2r$ wide at the bottom; area $2\,r^2$).
+#
+# The class ids are those of `u.CLASS_NAMES`; 0 is the background.
+
+# %%
 def shape_mask(kind, dx, dy, r):
     """Boolean mask of one shape with 'radius' r centred where dx = dy = 0.
     dx [1, S] and dy [S, 1] broadcast to the mask [S, S]. kind: 1 circle, 2 square, 3 triangle."""
@@ -279,12 +301,12 @@ def shape_mask(kind, dx, dy, r):
 
 print({u.CLASS_NAMES[k]: int(shape_mask(k, dx, dy, 12.0).sum()) for k in (1, 2, 3)},
       "pixels at r = 12")
-''')
-    nb.md(r"""
-The three masks at $r = 12$ pixels, each drawn in its class colour, with its area measured in
-pixels against the formula.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The three masks at $r = 12$ pixels, each drawn in its class colour, with its area measured in
+# pixels against the formula.
+
+# %%
 r = 12.0
 fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.9))
 for ax, kind, formula in zip(axes, (1, 2, 3), (math.pi * r ** 2, (1.7 * r) ** 2, 2 * r ** 2)):
@@ -297,16 +319,17 @@ axes[0].set_ylabel("y (pixels)")
 fig.suptitle("One shape each, from a comparison on the coordinate grid (r = 12)")
 fig.tight_layout()
 plt.show()
-''')
-    nb.md(r"""
-### 2.2 Several objects, and who is on top
 
-An image holds one or a few objects, and they may overlap. We draw them in order and let each
-one paint over the pixels it covers (the *painter's algorithm*): the last object drawn at a
-pixel is the one you see, and its class is the pixel's label. A pixel no object covers stays 0,
-background.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# ### 2.2 Several objects, and who is on top
+#
+# An image holds one or a few objects, and they may overlap. We draw them in order and let each
+# one paint over the pixels it covers (the *painter's algorithm*): the last object drawn at a
+# pixel is the one you see, and its class is the pixel's label. A pixel no object covers stays 0,
+# background.
+
+# %%
 def paint_labels(objects, size=64):
     """Label map [size, size] of objects (kind, cx, cy, r), painted in order: later ones on top."""
     coords = torch.arange(size, dtype=torch.float32) + 0.5
@@ -320,11 +343,11 @@ def paint_labels(objects, size=64):
 objects = [(1, 24.0, 26.0, 13.0), (2, 38.0, 34.0, 12.0), (3, 28.0, 44.0, 11.0)]
 print("label map", tuple(paint_labels(objects).shape), "classes present:",
       paint_labels(objects).unique().tolist())
-''')
-    nb.md(r"""
-The same three objects drawn in two orders: the order decides who hides whom.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The same three objects drawn in two orders: the order decides who hides whom.
+
+# %%
 orders = {"circle, square, triangle": objects, "triangle, square, circle": objects[::-1]}
 fig, axes = plt.subplots(1, 2, figsize=(6, 3.8))
 for ax, (name, objs) in zip(axes, orders.items()):
@@ -337,17 +360,17 @@ fig.legend(handles=[Patch(facecolor=u.CLASS_COLORS[c], edgecolor="grey", label=u
 fig.suptitle("Occlusion: the last object drawn is the one you see")
 fig.tight_layout(rect=(0, 0.1, 1, 1))
 plt.show()
-''')
-    nb.md(r"""
-### 2.3 Colours that say "object" but never "which object"
 
-Each image gets a random background colour $b \in [0, 1]^3$. Each object gets its own colour
-$c = (b + s) \bmod 1$ with a shift $s$ drawn in $[0.25, 0.75]$ for every channel. So in every
-channel $|c - b|$ is $s$ or $1 - s$, never below 0.25: the object always stands out from its
-background. And since $b$ is uniform, $c$ is uniform too, whatever the object's class. The class
-is drawn apart from the colour, so colour carries no class. We check both claims on 100,000 draws.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ### 2.3 Colours that say "object" but never "which object"
+#
+# Each image gets a random background colour $b \in [0, 1]^3$. Each object gets its own colour
+# $c = (b + s) \bmod 1$ with a shift $s$ drawn in $[0.25, 0.75]$ for every channel. So in every
+# channel $|c - b|$ is $s$ or $1 - s$, never below 0.25: the object always stands out from its
+# background. And since $b$ is uniform, $c$ is uniform too, whatever the object's class. The class
+# is drawn apart from the colour, so colour carries no class. We check both claims on 100,000 draws.
+
+# %%
 g = torch.Generator().manual_seed(0)
 b = torch.rand(100_000, 3, generator=g)                        # backgrounds
 s = 0.25 + 0.5 * torch.rand(100_000, 3, generator=g)           # shifts
@@ -355,23 +378,24 @@ c = (b + s) % 1.0                                              # object colours
 print(f"smallest |c - b| in any channel: {(c - b).abs().min():.4f}")
 print(f"object colours: mean {c.mean(0).numpy().round(3)}, quartiles "
       f"{torch.quantile(c[:, 0], torch.tensor([0.25, 0.5, 0.75])).numpy().round(3)} (red)")
-''')
-    nb.md(r"""
-As a check over all 100,000 draws:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# As a check over all 100,000 draws:
+
+# %%
 # NBVAL_CHECK_OUTPUT
 print("every channel differs from the background by at least 0.25:", bool(((c - b).abs() >= 0.25).all()))
-''')
-    nb.md(r"""
-### 2.4 Paint the image, then add noise
 
-The image is painted exactly like the labels, object by object in the same order, with the
-background colour first. Then Gaussian noise with standard deviation 0.08 is added to every
-pixel, so that a region's colour is never perfectly flat (values may leave $[0, 1]$ a little;
-the model does not mind). From left to right: the labels, the clean image, the noisy image.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# ### 2.4 Paint the image, then add noise
+#
+# The image is painted exactly like the labels, object by object in the same order, with the
+# background colour first. Then Gaussian noise with standard deviation 0.08 is added to every
+# pixel, so that a region's colour is never perfectly flat (values may leave $[0, 1]$ a little;
+# the model does not mind). From left to right: the labels, the clean image, the noisy image.
+
+# %%
 def paint_image(objects, colours, background, size=64):
     """Image [3, size, size]: background colour [3], then each object in its colour [3], in order."""
     coords = torch.arange(size, dtype=torch.float32) + 0.5
@@ -400,36 +424,37 @@ fig.legend(handles=[Patch(facecolor=u.CLASS_COLORS[k], edgecolor="grey", label=u
 fig.suptitle("One image, painted object by object")
 fig.tight_layout(rect=(0, 0.08, 1, 1))
 plt.show()
-''')
-    nb.md(r"""
-### 2.5 The class rule, and a whole batch
 
-The rule that makes a batch, all of it random but seeded:
+# %% [markdown]
+# ### 2.5 The class rule, and a whole batch
+#
+# The rule that makes a batch, all of it random but seeded:
+#
+# - each image gets a background colour and 1 to `max_objects` objects;
+# - each object gets a class drawn uniformly from circle, square, triangle, a radius drawn
+#   uniformly in `radius_range` (a fraction of the image size), a centre that keeps it inside the
+#   image, and a colour as in 2.3;
+# - the label of a pixel is the class of the topmost object covering it, 0 where there is none;
+# - noise with standard deviation `noise` is added last.
+#
+# These settings are arguments of `u.make_shapes_batch`. We read their defaults from the module
+# itself, so that this notebook always describes the generator that the series trains on.
 
-- each image gets a background colour and 1 to `max_objects` objects;
-- each object gets a class drawn uniformly from circle, square, triangle, a radius drawn
-  uniformly in `radius_range` (a fraction of the image size), a centre that keeps it inside the
-  image, and a colour as in 2.3;
-- the label of a pixel is the class of the topmost object covering it, 0 where there is none;
-- noise with standard deviation `noise` is added last.
-
-These settings are arguments of `u.make_shapes_batch`. We read their defaults from the module
-itself, so that this notebook always describes the generator that the series trains on.
-""")
-    nb.code(r'''
+# %%
 import inspect
 
 DEFAULTS = {name: p.default for name, p in inspect.signature(u.make_shapes_batch).parameters.items()
             if name in ("max_objects", "radius_range", "noise")}
 print("u.make_shapes_batch defaults:", DEFAULTS)
-''')
-    nb.md(r"""
-Our version draws all its random numbers first, in the same order as `u.make_shapes_batch`, so
-the two can be compared exactly; then it paints image by image with a plain loop. (The module
-paints the whole batch at once with tensor operations and no Python loop: the same rule, harder
-to read, and quicker when several CPU cores or a GPU share the work.)
-""")
-    nb.code(r'''
+
+
+# %% [markdown]
+# Our version draws all its random numbers first, in the same order as `u.make_shapes_batch`, so
+# the two can be compared exactly; then it paints image by image with a plain loop. (The module
+# paints the whole batch at once with tensor operations and no Python loop: the same rule, harder
+# to read, and quicker when several CPU cores or a GPU share the work.)
+
+# %%
 def shapes_batch_step_by_step(batch_size=16, image_size=64, seed=0,
                               max_objects=DEFAULTS["max_objects"],
                               radius_range=DEFAULTS["radius_range"], noise=DEFAULTS["noise"]):
@@ -460,12 +485,12 @@ def shapes_batch_step_by_step(batch_size=16, image_size=64, seed=0,
 mine_images, mine_labels = shapes_batch_step_by_step(16, 64, seed=0)
 print("images", tuple(mine_images.shape), mine_images.dtype, "| labels", tuple(mine_labels.shape),
       mine_labels.dtype)
-''')
-    nb.md(r"""
-The check: with the defaults and with other settings, our loop and the module's vectorised
-generator give the same labels, pixel for pixel, and the same images.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The check: with the defaults and with other settings, our loop and the module's vectorised
+# generator give the same labels, pixel for pixel, and the same images.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 settings = [dict(batch_size=16, image_size=64, seed=0), dict(batch_size=8, image_size=48, seed=7),
             dict(batch_size=8, image_size=64, seed=3, max_objects=6, noise=0.0),
@@ -477,35 +502,35 @@ for setting in settings:
     same_images = torch.allclose(ours[0], theirs[0], atol=1e-6)
     assert same_labels and same_images, setting
     print(f"{setting}: labels identical {same_labels}, images identical {same_images}")
-''')
-    nb.md(r"""
-### 2.6 The real thing: `u.make_shapes_batch`
 
-From here on we use the module's generator. A batch of 16 images of 64×64 pixels, and the first
-five of them over their labels.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ### 2.6 The real thing: `u.make_shapes_batch`
+#
+# From here on we use the module's generator. A batch of 16 images of 64×64 pixels, and the first
+# five of them over their labels.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 images, labels = u.make_shapes_batch(16, 64, seed=0)
 print("images:", tuple(images.shape), images.dtype, "| labels:", tuple(labels.shape), labels.dtype)
 print("classes:", dict(enumerate(u.CLASS_NAMES)))
-''')
-    nb.md(r"""
-Drawn with `u.plot_samples`, images over labels, with the class legend:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# Drawn with `u.plot_samples`, images over labels, with the class legend:
+
+# %%
 fig = u.plot_samples(images, labels, max_images=5,
                      title="u.make_shapes_batch: image (top) and labels (bottom)")
 plt.show()
-''')
-    nb.md(r"""
-### 2.7 Class balance
 
-How many pixels does each class get? We count over 256 images. Background dominates, which is
-why the series scores models with the *mean IoU over classes* (mIoU) rather than pixel accuracy:
-a model that answers "background" everywhere is right on most pixels and useless.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ### 2.7 Class balance
+#
+# How many pixels does each class get? We count over 256 images. Background dominates, which is
+# why the series scores models with the *mean IoU over classes* (mIoU) rather than pixel accuracy:
+# a model that answers "background" everywhere is right on most pixels and useless.
+
+# %%
 _, balance_labels = u.make_shapes_batch(256, 64, seed=0)
 counts = torch.bincount(balance_labels.flatten(), minlength=4)
 share = counts.double() / counts.sum()
@@ -521,29 +546,29 @@ ax.legend(handles=[Patch(facecolor=u.CLASS_COLORS[k], edgecolor="grey", label=u.
                    for k in range(4)], fontsize=8)
 fig.tight_layout()
 plt.show()
-''')
-    nb.md(r"""
-The same facts as checks:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The same facts as checks:
+
+# %%
 # NBVAL_CHECK_OUTPUT
 print("every class present:", bool((counts > 0).all()))
 print("background is the majority:", bool(share[0] > 0.5))
 print("the three shapes within a factor 1.5 of each other:", bool(share[1:].max() / share[1:].min() < 1.5))
-''')
-    nb.md(r"""
-Triangles get fewer pixels than circles and squares because their area is $2r^2$ against about
-$3r^2$; the three object classes are drawn equally often.
 
-### 2.8 Colour carries no class
+# %% [markdown]
+# Triangles get fewer pixels than circles and squares because their area is $2r^2$ against about
+# $3r^2$; the three object classes are drawn equally often.
+#
+# ### 2.8 Colour carries no class
+#
+# Section 2.3 argued it; here it is measured on the generator itself, on 2,048 images of 32×32
+# (many images, so that many colour draws; small ones, so that it stays quick). The histograms of
+# each colour channel, per class: every class, background included, has the same flat
+# distribution (its edges softened by the noise). Looking at one pixel's colour, you cannot tell
+# its class.
 
-Section 2.3 argued it; here it is measured on the generator itself, on 2,048 images of 32×32
-(many images, so that many colour draws; small ones, so that it stays quick). The histograms of
-each colour channel, per class: every class, background included, has the same flat
-distribution (its edges softened by the noise). Looking at one pixel's colour, you cannot tell
-its class.
-""")
-    nb.code(r'''
+# %%
 x, y = u.make_shapes_batch(2048, 32, seed=1)
 pixels = x.permute(0, 2, 3, 1)                                 # [B, H, W, 3]
 bins = np.linspace(-0.3, 1.3, 33)
@@ -560,31 +585,31 @@ fig.legend(handles=[Patch(facecolor="none", edgecolor=u.CLASS_COLORS[k], lw=1.6,
 fig.suptitle("Colour histograms per class: the same for every class")
 fig.tight_layout(rect=(0, 0.08, 1, 1))
 plt.show()
-''')
-    nb.md(r"""
-A check in numbers, on the same pixels: the mean colour of every class, in every channel, is
-0.5 up to sampling noise (a few hundredths at most).
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# A check in numbers, on the same pixels: the mean colour of every class, in every channel, is
+# 0.5 up to sampling noise (a few hundredths at most).
+
+# %%
 class_means = torch.stack([pixels[y == k].mean(0) for k in range(4)])   # [4, 3]
 for k in range(4):
     print(f"{u.CLASS_NAMES[k]:>10}: mean RGB {class_means[k].numpy().round(3)}")
-''')
-    nb.md(r"""
-As a check:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# As a check:
+
+# %%
 # NBVAL_CHECK_OUTPUT
 print("every class's mean colour within 0.03 of 0.5:", bool(((class_means - 0.5).abs() < 0.03).all()))
-''')
-    nb.md(r"""
-### 2.9 The held-out set
 
-Every notebook scores its models on the same 256 images, `u.make_heldout_set()`. It is drawn
-from its own seed (`u.HELDOUT_SEED`, a large number), far from the small seeds the training
-streams start from, and it is the same on every call.
-""")
-    nb.code(r'''
+# %% [markdown]
+# ### 2.9 The held-out set
+#
+# Every notebook scores its models on the same 256 images, `u.make_heldout_set()`. It is drawn
+# from its own seed (`u.HELDOUT_SEED`, a large number), far from the small seeds the training
+# streams start from, and it is the same on every call.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 heldout = u.make_heldout_set()
 again = u.make_heldout_set()
@@ -593,16 +618,16 @@ print("held-out seed:", u.HELDOUT_SEED)
 print("the same on every call:", torch.equal(heldout[0], again[0]) and torch.equal(heldout[1], again[1]))
 print("different from the training stream of seed 0:",
       not torch.equal(heldout[0][:16], u.make_shapes_batch(16, 64, seed=0)[0]))
-''')
-    nb.md(r"""
-### 2.10 Speed
 
-A training step wants a fresh batch every time, so the generator must be cheap. We time 50
-batches of 16 images at 64×64, and our loop on the same batches for comparison. Either takes
-milliseconds, small beside a training step of the tutorial's model on such a batch. (Times
-depend on your machine and its load, so this output is not compared.)
-""")
-    nb.code(r'''
+# %% [markdown]
+# ### 2.10 Speed
+#
+# A training step wants a fresh batch every time, so the generator must be cheap. We time 50
+# batches of 16 images at 64×64, and our loop on the same batches for comparison. Either takes
+# milliseconds, small beside a training step of the tutorial's model on such a batch. (Times
+# depend on your machine and its load, so this output is not compared.)
+
+# %%
 # NBVAL_IGNORE_OUTPUT
 u.make_shapes_batch(16, 64, seed=0)                                    # warm-up
 start = time.perf_counter()
@@ -615,30 +640,28 @@ start = time.perf_counter()
 for seed in range(50):
     shapes_batch_step_by_step(16, 64, seed=seed)
 print(f"our step-by-step loop: {1000 * (time.perf_counter() - start) / 50:.1f} ms per batch")
-''')
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## 3. The data needs spatial context
+# %% [markdown]
+# ## 3. The data needs spatial context
+#
+# The data was designed so that one pixel's colour says nothing about its class. Let us put that to
+# the test with the strongest model that looks at one pixel at a time.
+#
+# `u.PixelClassifier` is two 1×1 convolutions with a ReLU between them: a small neural network
+# applied to each pixel's three colour values on its own, with no view of its neighbours.
 
-The data was designed so that one pixel's colour says nothing about its class. Let us put that to
-the test with the strongest model that looks at one pixel at a time.
-
-`u.PixelClassifier` is two 1×1 convolutions with a ReLU between them: a small neural network
-applied to each pixel's three colour values on its own, with no view of its neighbours.
-""")
-    nb.code(r'''
+# %%
 # NBVAL_CHECK_OUTPUT
 torch.manual_seed(0)
 pixel_model = u.PixelClassifier()
 print(pixel_model)
 print(f"{u.count_parameters(pixel_model):,} parameters")
-''')
-    nb.md(r"""
-Its receptive field is one pixel. We measure it: change one pixel of an image and see which
-outputs change.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# Its receptive field is one pixel. We measure it: change one pixel of an image and see which
+# outputs change.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 with torch.no_grad():
     image = heldout[0][:1]
@@ -646,23 +669,23 @@ with torch.no_grad():
     poked[0, :, 20, 30] += 0.5
     changed = (pixel_model(poked) - pixel_model(image)).abs().sum(dim=1)[0] > 0   # [H, W]
 print("outputs that changed:", int(changed.sum()), "at (row, col)", changed.nonzero()[0].tolist())
-''')
-    nb.md(r"""
-Train it for 300 steps on the shapes data with `u.train`'s defaults (batches of 16 at 64×64,
-AdamW, learning rate 3e-3 with a cosine schedule), scoring the held-out set every 100 steps.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# Train it for 300 steps on the shapes data with `u.train`'s defaults (batches of 16 at 64×64,
+# AdamW, learning rate 3e-3 with a cosine schedule), scoring the held-out set every 100 steps.
+
+# %%
 # NBVAL_IGNORE_OUTPUT
 pixel_history = u.train(pixel_model, steps=300, heldout=heldout)
-''')
-    nb.md(r"""
-What loss can a per-pixel model reach at best? If colour says nothing about the class, the best
-it can answer at every pixel is the class balance (section 2.7), and its loss is the entropy of
-that balance, $-\sum_c p_c \ln p_c$: the per-pixel model's "ln 2". We measure the balance on
-the held-out set, and the trained model's cross-entropy on the same images. The dashed line in
-the loss plot is that entropy.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# What loss can a per-pixel model reach at best? If colour says nothing about the class, the best
+# it can answer at every pixel is the class balance (section 2.7), and its loss is the entropy of
+# that balance, $-\sum_c p_c \ln p_c$: the per-pixel model's "ln 2". We measure the balance on
+# the held-out set, and the trained model's cross-entropy on the same images. The dashed line in
+# the loss plot is that entropy.
+
+# %%
 heldout_share = torch.bincount(heldout[1].flatten(), minlength=4).double() / heldout[1].numel()
 prior_entropy = float(-(heldout_share * heldout_share.log()).sum())
 with torch.no_grad():
@@ -675,109 +698,108 @@ fig = u.plot_history(pixel_history, title="Per-pixel classifier (1x1 convolution
 fig.axes[0].lines[1].set_label(f"class-balance entropy {prior_entropy:.4f}")
 fig.axes[0].legend(fontsize=8)
 plt.show()
-''')
-    nb.md(r"""
-The held-out scores, class by class.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The held-out scores, class by class.
+
+# %%
 scores = u.evaluate(pixel_model, *heldout)
 for k, iou in enumerate(scores["per_class_iou"].tolist()):
     print(f"IoU {u.CLASS_NAMES[k]:>10}: {iou:.3f}")
 print(f"mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f}")
-''')
-    nb.md(r"""
-The verdict, as a check that the test suite compares:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# The verdict, as a check that the test suite compares:
+
+# %%
 # NBVAL_CHECK_OUTPUT
 assert scores["miou"] <= 0.5, scores["miou"]
 print("per-pixel classifier mIoU at most 0.5:", scores["miou"] <= 0.5)
 print("held-out loss within 0.05 of the class-balance entropy:", abs(heldout_loss - prior_entropy) < 0.05)
-''')
-    nb.md(r"""
-Its predictions on three held-out images: image, truth, prediction, and the wrong pixels in red.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# Its predictions on three held-out images: image, truth, prediction, and the wrong pixels in red.
+
+# %%
 predictions = u.predict(pixel_model, heldout[0][:3])
 fig = u.plot_predictions(heldout[0][:3], heldout[1][:3], predictions,
                          title="Per-pixel classifier: it can only guess the majority class")
 plt.show()
-''')
-    nb.md(r"""
-Is that any better than the laziest rule, "background everywhere"? Compare.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# Is that any better than the laziest rule, "background everywhere"? Compare.
+
+# %%
 all_background = torch.zeros_like(heldout[1])
 lazy_miou = u.mean_iou(all_background, heldout[1], 4)
 print(f"'background everywhere': mIoU {lazy_miou:.3f}, "
       f"pixel accuracy {u.pixel_accuracy(all_background, heldout[1]):.3f}")
 print(f"trained per-pixel classifier: mIoU {scores['miou']:.3f}, "
       f"pixel accuracy {scores['pixel_accuracy']:.3f}")
-''')
-    nb.md(r"""
-As a check:
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# As a check:
+
+# %%
 # NBVAL_CHECK_OUTPUT
 print("per-pixel classifier within 0.05 mIoU of 'background everywhere':",
       abs(scores["miou"] - lazy_miou) < 0.05)
-''')
-    nb.md(r"""
-### Why it fails, and what a model needs instead
 
-Every class, background included, has the same colour distribution (section 2.8). So from one
-pixel's colour the best possible guess is the class balance itself: "background", the large
-majority (section 2.7), at every pixel. Its loss settles on the entropy of the class balance,
-just as the noise model's settled on ln 2, and its mIoU is the background's IoU (the share of
-background pixels) divided by four classes, as measured above.
+# %% [markdown]
+# ### Why it fails, and what a model needs instead
+#
+# Every class, background included, has the same colour distribution (section 2.8). So from one
+# pixel's colour the best possible guess is the class balance itself: "background", the large
+# majority (section 2.7), at every pixel. Its loss settles on the entropy of the class balance,
+# just as the noise model's settled on ln 2, and its mIoU is the background's IoU (the share of
+# background pixels) divided by four classes, as measured above.
+#
+# Note the difference from section 1: here the labels *do* follow from the image, but only from a
+# *neighbourhood* of it. A pixel inside a circle looks exactly like a pixel inside a square; only
+# the outline (curved or straight, corners or none, a point at the top) tells them apart.
+#
+# So a model needs **spatial context** at the scale of the objects, whose diameters (twice the
+# radius, from `radius_range`) are computed below. The tutorial's encoder sees a 10×10 window per
+# output cell (notebook 01): enough for an edge or a corner, not for a whole shape. The rest
+# has to come from **attention**: the latent experts read the whole image (notebook 02) and every
+# pixel reads the experts back (notebook 03). Notebook 05 trains the tutorial's model on this data
+# and measures how far that gets, then improves it step by step.
 
-Note the difference from section 1: here the labels *do* follow from the image, but only from a
-*neighbourhood* of it. A pixel inside a circle looks exactly like a pixel inside a square; only
-the outline (curved or straight, corners or none, a point at the top) tells them apart.
-
-So a model needs **spatial context** at the scale of the objects, whose diameters (twice the
-radius, from `radius_range`) are computed below. The tutorial's encoder sees a 10×10 window per
-output cell (notebook 01): enough for an edge or a corner, not for a whole shape. The rest
-has to come from **attention**: the latent experts read the whole image (notebook 02) and every
-pixel reads the experts back (notebook 03). Notebook 05 trains the tutorial's model on this data
-and measures how far that gets, then improves it step by step.
-""")
-    nb.code(r'''
+# %%
 lo, hi = DEFAULTS["radius_range"]   # a fraction of the image size
 print(f"object diameters at 64x64: {2 * lo * 64:.1f} to {2 * hi * 64:.1f} pixels; "
       f"the tutorial encoder's receptive field: 10 pixels")
 print("even the smallest object is wider than the receptive field:", 2 * lo * 64 > 10)
-''')
 
-    # ------------------------------------------------------------------------------------------
-    nb.md(r"""
-## Summary
 
-- The tutorial's data (noise images, independent random labels) has nothing to learn. The best
-  possible answer is 1/2 at every pixel, and the loss cannot go below ln 2 ≈ 0.693. Trained on it,
-  the tutorial's model reaches that floor and learns nothing else (measured above).
-- The series' data set, `u.make_shapes_batch`, draws circles, squares and triangles from
-  coordinate grids, with occlusion, colours at least 0.25 away from the background in every
-  channel, and noise. We rebuilt it step by step and it matched the module exactly.
-- Background covers most of the pixels, so we score with mIoU; colour has the same
-  distribution in every class; the held-out set is fixed and kept apart from training seeds; a
-  batch takes milliseconds.
-- A per-pixel classifier does no better than "background everywhere" (held-out mIoU far below
-  0.5), and its loss settles on the entropy of the class balance: the class is in the
-  shape, and seeing a shape takes spatial context. Notebook 05 gives the model that context.
+# %% [markdown]
+# ## Summary
+#
+# - The tutorial's data (noise images, independent random labels) has nothing to learn. The best
+#   possible answer is 1/2 at every pixel, and the loss cannot go below ln 2 ≈ 0.693. Trained on it,
+#   the tutorial's model reaches that floor and learns nothing else (measured above).
+# - The series' data set, `u.make_shapes_batch`, draws circles, squares and triangles from
+#   coordinate grids, with occlusion, colours at least 0.25 away from the background in every
+#   channel, and noise. We rebuilt it step by step and it matched the module exactly.
+# - Background covers most of the pixels, so we score with mIoU; colour has the same
+#   distribution in every class; the held-out set is fixed and kept apart from training seeds; a
+#   batch takes milliseconds.
+# - A per-pixel classifier does no better than "background everywhere" (held-out mIoU far below
+#   0.5), and its loss settles on the entropy of the class balance: the class is in the
+#   shape, and seeing a shape takes spatial context. Notebook 05 gives the model that context.
+#
+# ## Exercises
+#
+# Each exercise comes with a check function. Write your answer in a new cell and call the check
+# on it. The solution is in the collapsed cell below each check; click it to expand.
+#
+# ### Exercise 1: the floor for K classes
+#
+# Write `noise_floor(num_classes)` that returns the lowest expected cross-entropy any model can
+# reach on `u.make_noise_batch(..., num_classes=K)`. The check compares it with the entropy of the
+# labels measured on a large noise batch, for several K.
 
-## Exercises
-
-Each exercise comes with a check function. Write your answer in a new cell and call the check
-on it. The solution is in the collapsed cell below each check; click it to expand.
-
-### Exercise 1: the floor for K classes
-
-Write `noise_floor(num_classes)` that returns the lowest expected cross-entropy any model can
-reach on `u.make_noise_batch(..., num_classes=K)`. The check compares it with the entropy of the
-labels measured on a large noise batch, for several K.
-""")
-    nb.code(r'''
+# %%
 def check_noise_floor(fn):
     for k in (2, 3, 4, 10):
         _, y = u.make_noise_batch(64, 32, num_classes=k, seed=k)
@@ -786,8 +808,9 @@ def check_noise_floor(fn):
         got = float(fn(k))
         assert abs(got - measured) < 0.01, f"K={k}: expected about {measured:.4f}, got {got:.4f}"
     print("correct for K = 2, 3, 4, 10")
-''')
-    nb.code(r'''
+
+
+# %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
 # NBVAL_CHECK_OUTPUT
 def noise_floor(num_classes):
@@ -797,16 +820,17 @@ def noise_floor(num_classes):
 
 
 check_noise_floor(noise_floor)
-''', hidden=True)
-    nb.md(r"""
-### Exercise 2: a fourth shape
 
-Write `diamond_mask(dx, dy, r)` for a diamond (a square turned by 45°) with its corners at
-distance $r$ from the centre, in the style of `shape_mask`. The check tests it on the grid of
-section 2.1: it contains the centre and the four corner points, not the points just beyond
-them, it is symmetric, and its area is close to $2r^2$.
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# ### Exercise 2: a fourth shape
+#
+# Write `diamond_mask(dx, dy, r)` for a diamond (a square turned by 45°) with its corners at
+# distance $r$ from the centre, in the style of `shape_mask`. The check tests it on the grid of
+# section 2.1: it contains the centre and the four corner points, not the points just beyond
+# them, it is symmetric, and its area is close to $2r^2$.
+
+# %%
 def check_diamond(fn):
     size = 64
     coords = torch.arange(size, dtype=torch.float32) + 0.5
@@ -824,8 +848,9 @@ def check_diamond(fn):
         area = int(mask.sum())
         assert abs(area - 2 * r ** 2) < 0.15 * 2 * r ** 2, f"r={r}: area {area}, expected about {2 * r ** 2:.0f}"
     print("correct for r = 8, 12, 15")
-''')
-    nb.code(r'''
+
+
+# %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
 # NBVAL_CHECK_OUTPUT
 def diamond_mask(dx, dy, r):
@@ -833,18 +858,19 @@ def diamond_mask(dx, dy, r):
 
 
 check_diamond(diamond_mask)
-''', hidden=True)
-    nb.md(r"""
-### Exercise 3: let colour give the class away
 
-Write `leaky_shapes_batch(batch_size, image_size, seed)`, which takes a batch from
-`u.make_shapes_batch` and repaints every pixel in a colour fixed by its class (for example
-black background, and red, green, blue for circle, square, triangle), plus the same noise (std
-0.08). It must keep the labels. The check verifies that the class can now be read from the mean
-colour. Then train a `u.PixelClassifier` on it: what mIoU does it reach now? (The solution does
-this with 100 steps at 32×32 and a learning rate of 1e-2.)
-""")
-    nb.code(r'''
+
+# %% [markdown]
+# ### Exercise 3: let colour give the class away
+#
+# Write `leaky_shapes_batch(batch_size, image_size, seed)`, which takes a batch from
+# `u.make_shapes_batch` and repaints every pixel in a colour fixed by its class (for example
+# black background, and red, green, blue for circle, square, triangle), plus the same noise (std
+# 0.08). It must keep the labels. The check verifies that the class can now be read from the mean
+# colour. Then train a `u.PixelClassifier` on it: what mIoU does it reach now? (The solution does
+# this with 100 steps at 32×32 and a learning rate of 1e-2.)
+
+# %%
 def check_leaky(fn):
     x, y = fn(64, 32, seed=5)
     _, y_ref = u.make_shapes_batch(64, 32, seed=5)
@@ -853,8 +879,9 @@ def check_leaky(fn):
     gaps = torch.cdist(means, means) + 10 * torch.eye(4)
     assert gaps.min() > 0.3, f"two classes have nearly the same mean colour (gap {gaps.min():.2f})"
     print("the colour now gives the class away: smallest gap between class colours", round(float(gaps.min()), 2))
-''')
-    nb.code(r'''
+
+
+# %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
 # NBVAL_IGNORE_OUTPUT
 def leaky_shapes_batch(batch_size, image_size, seed=None):
@@ -874,16 +901,15 @@ leaky_history = u.train(leaky_model, steps=100, lr=1e-2, image_size=32, data=lea
 # it was never too weak; the real data hides the class from a single pixel.
 print(f"per-pixel classifier on leaky colours: held-out mIoU {leaky_history['miou'][-1]:.3f}")
 assert leaky_history["miou"][-1] > 0.9
-''', hidden=True)
 
-    nb.md(r"""
-## Final check: the notebook's claims, and your generator is `latentseg_utils.make_shapes_batch`
+# %% [markdown]
+# ## Final check: the notebook's claims, and your generator is `latentseg_utils.make_shapes_batch`
+#
+# The three results of this notebook in one cell, compared by the test suite on every run: the
+# noise model sits on ln 2, the generator built here step by step is the module's (on a fresh
+# seed), and the per-pixel classifier stays at or below 0.5 mIoU.
 
-The three results of this notebook in one cell, compared by the test suite on every run: the
-noise model sits on ln 2, the generator built here step by step is the module's (on a fresh
-seed), and the per-pixel classifier stays at or below 0.5 mIoU.
-""")
-    nb.code(r'''
+# %%
 # NBVAL_CHECK_OUTPUT
 ours = shapes_batch_step_by_step(8, 64, seed=11)
 theirs = u.make_shapes_batch(8, 64, seed=11)
@@ -894,9 +920,3 @@ assert noise_at_floor and same_generator and pixel_fails
 print("noise data: final loss within 0.01 of ln 2:", noise_at_floor)
 print("step-by-step generator matches latentseg_utils.make_shapes_batch:", same_generator)
 print("per-pixel classifier mIoU at most 0.5:", pixel_fails)
-''')
-    return nb
-
-
-if __name__ == "__main__":
-    print("wrote", notebook_04().write("04_synthetic_data.ipynb"))
