@@ -22,7 +22,6 @@ import tempfile
 import time
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,9 +29,10 @@ import torch.nn.functional as F
 __all__ = [
     "SimpleEncoder", "LatentAttention", "ExpertSegmentation", "SegmentationModel",
     "AttentionBlock", "LatentSegNet", "PixelClassifier", "count_parameters",
-    "CLASS_NAMES", "KEY_COLORS", "HELDOUT_SEED", "fourier_positions", "make_shapes_batch", "make_noise_batch", "make_heldout_set",
+    "CLASS_NAMES", "KEY_COLORS", "HELDOUT_SEED", "VALIDATION_SEED", "DATA_VARIANTS",
+    "LONG_RANGE_VARIANTS", "variant_data", "make_split", "fourier_positions", "make_shapes_batch", "make_noise_batch", "make_heldout_set",
     "confusion_matrix", "per_class_iou", "mean_iou", "pixel_accuracy",
-    "get_device", "train", "evaluate", "predict", "save_checkpoint", "load_checkpoint",
+    "get_device", "train", "evaluate", "predict", "seed_summary", "is_finding", "run_seeds", "save_checkpoint", "load_checkpoint",
     "CLASS_COLORS", "class_colormap", "plot_samples", "plot_predictions", "plot_history",
     "plot_attention",
 ]
@@ -68,6 +68,9 @@ def _check_images(x: torch.Tensor, in_channels: int) -> None:
         raise ValueError(f"images have {x.shape[1]} channels but the model was built with "
                          f"in_channels={in_channels}; convert the images or build the model "
                          f"with in_channels={x.shape[1]}.")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"images are integers ({x.dtype}) but the model expects floats in [0, 1]; "
+                        "convert with images.float() / 255.")
     h, w = x.shape[-2:]
     if h % 4 or w % 4 or h < 4 or w < 4:
         raise ValueError(f"image size {h}x{w} is not a multiple of 4: the encoder halves it twice "
@@ -89,7 +92,10 @@ def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters of a module."""
+    """Number of trainable parameters of a module.
+
+    Taught in notebook 01, section "2. The tutorial's encoder, one layer at a time".
+    """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -101,6 +107,8 @@ class SimpleEncoder(nn.Module):
     """The tutorial's CNN encoder: two (conv3x3 + ReLU + maxpool2) stages, stride 4.
 
     [B, in_channels, H, W] -> [B, feature_dim, H/4, W/4]
+
+    Taught in notebook 01, section "2. The tutorial's encoder, one layer at a time".
     """
 
     def __init__(self, in_channels: int = 3, feature_dim: int = 64):
@@ -125,6 +133,8 @@ class LatentAttention(nn.Module):
     [B, N, feature_dim] -> [B, num_latents, latent_dim]
     With return_attention=True also returns the weights [B, num_heads, num_latents, N]
     (each latent's distribution over the N pixels, per head).
+
+    Taught in notebook 02, section "4. `LatentAttention`: K learned latents read the pixels".
     """
 
     def __init__(self, feature_dim: int, latent_dim: int, num_latents: int, num_heads: int):
@@ -158,6 +168,8 @@ class ExpertSegmentation(nn.Module):
     pixel_features [B, N, feature_dim], experts [B, K, latent_dim] -> logits [B, N, num_classes]
     With return_attention=True also returns the weights [B, num_heads, N, K]
     (each pixel's distribution over the K experts, per head).
+
+    Taught in notebook 03, section "2. Pixels as queries over the experts".
     """
 
     def __init__(self, feature_dim: int, latent_dim: int, num_heads: int, num_classes: int):
@@ -187,6 +199,8 @@ class SegmentationModel(nn.Module):
 
     [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 4)
     70,504 parameters with the defaults (num_classes=2).
+
+    Taught in notebook 03, section "4. The whole model, with the tutorial's decoder".
     """
 
     def __init__(self, in_channels: int = 3, feature_dim: int = 64, latent_dim: int = 64,
@@ -235,6 +249,8 @@ def fourier_positions(h: int, w: int, num_frequencies: int = 4,
     Coordinates are scaled to [-1, 1]; returns [h * w, 4 * num_frequencies]
     (sin and cos of x and y at frequencies (pi/2) * 2**k; the lowest has period 4,
     so the two edges of the image never alias), row-major like flatten(2).
+
+    Taught in notebook 05, section "4. The fixes, one at a time".
     """
     ys = torch.linspace(-1.0, 1.0, h, device=device)
     xs = torch.linspace(-1.0, 1.0, w, device=device)
@@ -252,9 +268,14 @@ class AttentionBlock(nn.Module):
         x = x + MLP(LayerNorm(x))
     The residual keeps x's own content: attention adds to it instead of replacing it.
     With attention=False only the MLP remains (used to measure what attention adds).
+    With attention_scale=s the attention branch is multiplied by a learned per-channel scale
+    that starts at s (LayerScale; s=0 starts the block as if it had no attention).
+
+    Taught in notebook 05, section "4. The fixes, one at a time".
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 2, attention: bool = True):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 2, attention: bool = True,
+                 attention_scale: Optional[float] = None):
         super().__init__()
         _check_heads(dim, num_heads)
         self.use_attention = attention
@@ -262,6 +283,8 @@ class AttentionBlock(nn.Module):
             self.norm_x = nn.LayerNorm(dim)
             self.norm_context = nn.LayerNorm(dim)
             self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+            if attention_scale is not None:
+                self.attention_scale = nn.Parameter(torch.full((dim,), float(attention_scale)))
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
                                  nn.Linear(mlp_ratio * dim, dim))
@@ -275,6 +298,8 @@ class AttentionBlock(nn.Module):
             attended, weights = self.attention(self.norm_x(x), context, context,
                                                need_weights=return_attention,
                                                average_attn_weights=False)
+            if hasattr(self, "attention_scale"):
+                attended = self.attention_scale * attended
             x = x + attended
         x = x + self.mlp(self.norm_mlp(x))
         return (x, weights) if return_attention else x
@@ -303,15 +328,22 @@ class LatentSegNet(nn.Module):
       encoder_depth  conv layers per encoder stage (1 = the tutorial's two-conv encoder)
       rounds         read/write rounds of attention
       attention      False removes every attention layer (the pixel path alone; the MLPs stay)
+      attention_scale None, or the start value of a learned per-channel scale on what the
+                     pixels read from the latents (0: the model starts as its no-attention twin)
+      detach_read    True: the latents read the tokens without sending gradient back into the
+                     encoder (the convolutions learn only through the pixel path)
 
     [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 4)
+
+    Taught in notebook 05, section "4. The fixes, one at a time".
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, feature_dim: int = 64,
                  num_latents: int = 16, num_heads: int = 4, rounds: int = 1,
                  positions: bool = True, refine: bool = True, attention: bool = True,
                  local_loss: float = 0.5, encoder_depth: int = 2,
-                 stem_dim: int = 8, refine_dim: int = 16):
+                 stem_dim: int = 8, refine_dim: int = 16,
+                 attention_scale: Optional[float] = None, detach_read: bool = False):
         super().__init__()
         _check_positive(in_channels=in_channels, feature_dim=feature_dim,
                         num_latents=num_latents, rounds=rounds, stem_dim=stem_dim,
@@ -326,8 +358,10 @@ class LatentSegNet(nn.Module):
                            num_heads=num_heads, rounds=rounds, positions=positions,
                            refine=refine, attention=attention,
                            stem_dim=stem_dim, refine_dim=refine_dim, local_loss=local_loss,
-                           encoder_depth=encoder_depth)
+                           encoder_depth=encoder_depth, attention_scale=attention_scale,
+                           detach_read=detach_read)
         self.in_channels, self.num_classes = in_channels, num_classes
+        self.detach_read = detach_read
         self.use_positions, self.use_refine, self.use_attention = positions, refine, attention
         self.local_loss = float(local_loss)
         D = feature_dim
@@ -341,7 +375,8 @@ class LatentSegNet(nn.Module):
         if attention:
             self.latents = nn.Parameter(torch.randn(num_latents, D) * 0.02)
             self.reads = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
-        self.writes = nn.ModuleList(AttentionBlock(D, num_heads, attention=attention)
+        self.writes = nn.ModuleList(AttentionBlock(D, num_heads, attention=attention,
+                                                   attention_scale=attention_scale)
                                     for _ in range(rounds))
         self.norm_out = nn.LayerNorm(D)
         if local_loss > 0:
@@ -377,7 +412,8 @@ class LatentSegNet(nn.Module):
         latents = self.latents.expand(B, -1, -1) if self.use_attention else None
         for i, write in enumerate(self.writes):
             if self.use_attention:
-                latents = apply(self.reads[i], latents, tokens, "latent")  # latents read pixels
+                context = tokens.detach() if self.detach_read else tokens
+                latents = apply(self.reads[i], latents, context, "latent")  # latents read pixels
             tokens = apply(write, tokens, latents, "pixel")                # pixels read latents
         features = self.norm_out(tokens).transpose(1, 2).reshape(B, D, h, w)
         features = self.fuse(torch.cat([local, features], dim=1))   # attention beside, not over, local
@@ -410,7 +446,10 @@ class LatentSegNet(nn.Module):
 
 class PixelClassifier(nn.Module):
     """The per-pixel baseline: a 1x1 convolution, so each pixel is classified from its
-    own colour alone. [B, in_channels, H, W] -> [B, num_classes, H, W]"""
+    own colour alone. [B, in_channels, H, W] -> [B, num_classes, H, W]
+
+    Taught in notebook 04, section "3. The data needs spatial context".
+    """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, hidden: int = 32):
         super().__init__()
@@ -446,6 +485,8 @@ def make_noise_batch(batch_size: int = 16, image_size: int = 64, num_classes: in
 
     Returns images [B, in_channels, H, W] and labels [B, H, W]. Image and label are
     independent, so nothing can be learned: the best possible cross-entropy is ln(num_classes).
+
+    Taught in notebook 04, section "1. The tutorial's data: noise in, noise out".
     """
     _check_positive(batch_size=batch_size, image_size=image_size)
     g = _generator(seed)
@@ -454,27 +495,74 @@ def make_noise_batch(batch_size: int = 16, image_size: int = 64, num_classes: in
     return images, labels
 
 
+def _shape_masks(kinds: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor,
+                 S: int) -> torch.Tensor:
+    """Boolean masks [B, M, S, S] of M shapes per image: kinds [B, M] (1 circle, 2 square,
+    3 triangle), centres [B, M, 2] as (x, y) and radii [B, M], in pixels."""
+    B, M = kinds.shape
+    coords = torch.arange(S, dtype=torch.float32) + 0.5
+    dy = coords.view(1, 1, S, 1) - centre[..., 1].view(B, M, 1, 1)             # [B, M, S, 1]
+    dx = coords.view(1, 1, 1, S) - centre[..., 0].view(B, M, 1, 1)             # [B, M, 1, S]
+    r = radius.view(B, M, 1, 1)
+    circle = dx ** 2 + dy ** 2 <= r ** 2
+    square = (dx.abs() <= 0.85 * r) & (dy.abs() <= 0.85 * r)
+    triangle = (dy.abs() <= r) & (dx.abs() <= (dy + r) / 2)
+    k = kinds.view(B, M, 1, 1)
+    return torch.where(k == 1, circle, torch.where(k == 2, square, triangle))
+
+
+def _add_key(images: torch.Tensor, labels: torch.Tensor, kinds: torch.Tensor,
+             num_objects: torch.Tensor, g: torch.Generator, where: str = "frame"):
+    """The long-range variants: a cue in one of KEY_COLORS names one shape kind of the
+    image's own objects (so there is a target); every other kind becomes background. The cue
+    is a frame around the image (where="frame") or a small square in the top-left corner
+    (where="swatch", a tenth of the side)."""
+    B, S = images.shape[0], images.shape[-1]
+    pick = (torch.rand(B, generator=g) * num_objects.view(B)).long()
+    key_kind = kinds.gather(1, pick.view(B, 1)).view(B, 1, 1)
+    labels = torch.where(labels == key_kind, labels, 0)
+    cue = torch.zeros(S, S, dtype=torch.bool)
+    if where == "frame":
+        k = S // 16
+        cue[:] = True
+        cue[k:S - k, k:S - k] = False
+    else:
+        cue[:max(2, S // 10), :max(2, S // 10)] = True
+    images = torch.where(cue, KEY_COLORS[key_kind.view(B) - 1].view(B, 3, 1, 1), images)
+    return images, torch.where(cue, 0, labels)
+
+
 def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
                       seed: "int | torch.Generator | None" = None, max_objects: int = 3,
                       radius_range: tuple = (0.14, 0.25), noise: float = 0.08,
-                      key: bool = False):
+                      key: "bool | str" = False, contrast: tuple = (0.25, 0.75)):
     """The series' learnable data: circles, squares and triangles on a coloured background.
 
     Every object and every background gets a random colour (each channel at least 0.25
     away from the background's), so colour says "object here" but never which class: the
     class is the shape, which only spatial context can tell. Later objects occlude earlier
-    ones. radius_range is a fraction of image_size.
+    ones. radius_range is a fraction of image_size; contrast is the range of each colour
+    channel's shift between an object and the background (small values: low contrast).
 
-    key=True gives the long-range variant: a frame around the image, in one of KEY_COLORS,
-    names the one shape kind that counts; objects of the other kinds are labelled
-    background. A pixel's class then depends on something far away from it.
+    key=True (or "frame") gives the long-range variant: a frame around the image, in one of
+    KEY_COLORS, names the one shape kind that counts; objects of the other kinds are
+    labelled background. A pixel's class then depends on something far away from it.
+    key="swatch": the same rule, but the cue is a small square in the top-left corner.
+    DATA_VARIANTS names the settings the series tests on.
 
     Returns images [B, 3, H, W] (float, roughly [0, 1]) and labels [B, H, W] (int64,
     0 = background, 1 = circle, 2 = square, 3 = triangle; see CLASS_NAMES).
+
+    Taught in notebook 04, section "2. A data set with something to learn".
     """
     _check_positive(batch_size=batch_size, image_size=image_size, max_objects=max_objects)
     if image_size < 16:
         raise ValueError(f"image_size={image_size} is too small to draw shapes; use 16 or more.")
+    if key not in (False, True, "frame", "swatch"):
+        raise ValueError(f"key={key!r}: use False, True or 'frame' (a frame), or 'swatch' "
+                         "(a corner square).")
+    if not 0 <= contrast[0] <= contrast[1] <= 1:
+        raise ValueError(f"contrast={contrast}: give (low, high) with 0 <= low <= high <= 1.")
     g = _generator(seed)
     B, S, M = batch_size, image_size, max_objects
     lo, hi = radius_range
@@ -484,19 +572,14 @@ def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
     kinds = torch.randint(1, 4, (B, M), generator=g)
     radius = (lo + (hi - lo) * torch.rand(B, M, generator=g)) * S
     centre = radius.unsqueeze(-1) + torch.rand(B, M, 2, generator=g) * (S - 2 * radius.unsqueeze(-1))
-    shift = 0.25 + 0.5 * torch.rand(B, M, 3, generator=g)
-    colour = (background.view(B, 1, 3) + shift) % 1.0                          # [B, M, 3]
+    shift = contrast[0] + (contrast[1] - contrast[0]) * torch.rand(B, M, 3, generator=g)
+    colour = background.view(B, 1, 3) + shift                                  # [B, M, 3]
+    # Past 1 a channel wraps round (the default: at least 0.25 away on the colour circle); in
+    # a low-contrast range (below 0.25) it turns back instead, so the object stays close.
+    colour = torch.where(colour <= 1, colour, colour - 1 if contrast[0] >= 0.25
+                         else background.view(B, 1, 3) - shift)
 
-    coords = torch.arange(S, dtype=torch.float32) + 0.5
-    dy = coords.view(1, 1, S, 1) - centre[..., 1].view(B, M, 1, 1)             # [B, M, S, 1]
-    dx = coords.view(1, 1, 1, S) - centre[..., 0].view(B, M, 1, 1)             # [B, M, 1, S]
-    r = radius.view(B, M, 1, 1)
-    circle = dx ** 2 + dy ** 2 <= r ** 2
-    square = (dx.abs() <= 0.85 * r) & (dy.abs() <= 0.85 * r)
-    triangle = (dy.abs() <= r) & (dx.abs() <= (dy + r) / 2)
-    k = kinds.view(B, M, 1, 1)
-    inside = torch.where(k == 1, circle, torch.where(k == 2, square, triangle))
-    inside = inside & present.view(B, M, 1, 1)                                  # [B, M, S, S]
+    inside = _shape_masks(kinds, centre, radius, S) & present.view(B, M, 1, 1)  # [B, M, S, S]
 
     # Painter's algorithm: the last object drawn at a pixel is the one you see.
     order = torch.arange(1, M + 1).view(1, M, 1, 1)
@@ -507,26 +590,71 @@ def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
     images = torch.where((top > 0).unsqueeze(1), obj_colour.permute(0, 3, 1, 2),
                          background.expand(B, 3, S, S))
     if key:
-        # The key names the kind of one of the image's own objects, so there is a target.
-        pick = (torch.rand(B, generator=g) * num_objects.view(B)).long()
-        key_kind = kinds.gather(1, pick.view(B, 1)).view(B, 1, 1)
-        labels = torch.where(labels == key_kind, labels, 0)
-        frame = torch.ones(S, S, dtype=torch.bool)
-        k = S // 16
-        frame[k:S - k, k:S - k] = False
-        images = torch.where(frame, KEY_COLORS[key_kind.view(B) - 1].view(B, 3, 1, 1), images)
-        labels = torch.where(frame, 0, labels)
+        images, labels = _add_key(images, labels, kinds, num_objects, g,
+                                  "swatch" if key == "swatch" else "frame")
     images = images + noise * torch.randn(B, 3, S, S, generator=g)
     return images, labels.long()
 
 
-HELDOUT_SEED = 1_000_003  # training streams use small seeds; this one is kept apart
+HELDOUT_SEED = 1_000_003     # the test sets; training streams use small seeds
+VALIDATION_SEED = 2_000_029  # the validation sets, for design choices
+
+# The data the series tests its models on: make_shapes_batch's settings per variant. The last
+# two are long-range: the cue that decides a pixel's class is far from the pixel.
+DATA_VARIANTS = {
+    "shapes": {},                                              # the series' own data
+    "low_contrast": {"contrast": (0.05, 0.25)},                # objects close to the background
+    "small": {"radius_range": (0.06, 0.12)},                   # objects a few pixels across
+    "noisy": {"noise": 0.25},                                  # three times the noise
+    "crowded": {"max_objects": 8, "radius_range": (0.12, 0.22)},  # up to 8, occluding each other
+    "frame_key": {"key": "frame"},                             # a frame names the target kind
+    "corner_key": {"key": "swatch"},                           # a corner square names it
+}
+LONG_RANGE_VARIANTS = ("frame_key", "corner_key")
+
+
+def _variant_options(variant: str) -> dict:
+    if variant not in DATA_VARIANTS:
+        raise ValueError(f"unknown data variant {variant!r}; choose from {sorted(DATA_VARIANTS)}.")
+    return DATA_VARIANTS[variant]
+
+
+def variant_data(variant: str) -> Callable:
+    """A data function for `train`: (batch_size, image_size, seed) -> a batch of `variant`.
+
+    Taught in notebook 04, section "2. A data set with something to learn".
+    """
+    options = _variant_options(variant)
+
+    def data(batch_size: int, image_size: int, seed=None):
+        return make_shapes_batch(batch_size, image_size, seed=seed, **options)
+
+    data.__name__ = f"variant_data_{variant}"
+    return data
+
+
+def make_split(variant: str = "shapes", split: str = "test", num_images: int = 256,
+               image_size: int = 64):
+    """A fixed evaluation set of a data variant: split="validation" for design choices,
+    split="test" for reported scores (no choice looks at it). The shapes test set is
+    make_heldout_set()'s. Same images on every call.
+
+    Returns images [num_images, 3, H, W] and labels [num_images, H, W].
+
+    Taught in notebook 04, section "2. A data set with something to learn".
+    """
+    seeds = {"test": HELDOUT_SEED, "validation": VALIDATION_SEED}
+    if split not in seeds:
+        raise ValueError(f"split={split!r}: use 'validation' (for choices) or 'test' (for scores).")
+    return make_shapes_batch(num_images, image_size, seed=seeds[split], **_variant_options(variant))
 
 
 def make_heldout_set(num_images: int = 256, image_size: int = 64, **shape_options):
     """The fixed held-out set every notebook evaluates on (same images on every call).
 
     Returns images [num_images, 3, H, W] and labels [num_images, H, W].
+
+    Taught in notebook 04, section "2. A data set with something to learn".
     """
     return make_shapes_batch(num_images, image_size, seed=HELDOUT_SEED, **shape_options)
 
@@ -540,6 +668,8 @@ def confusion_matrix(prediction: torch.Tensor, target: torch.Tensor,
     """Counts [num_classes, num_classes]: row = true class, column = predicted class.
 
     prediction and target are label maps of the same shape (any shape, e.g. [B, H, W]).
+
+    Taught in notebook 06, section "2. How good is it, and where does it go wrong?".
     """
     if prediction.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(prediction.shape)} differs from target shape "
@@ -554,6 +684,8 @@ def per_class_iou(confusion: torch.Tensor) -> torch.Tensor:
     """IoU of each class from a confusion matrix: TP / (TP + FP + FN), [num_classes].
 
     A class absent from both prediction and truth has no IoU: its entry is NaN.
+
+    Taught in notebook 04, section "3. The data needs spatial context".
     """
     confusion = confusion.double()
     tp = confusion.diag()
@@ -562,13 +694,19 @@ def per_class_iou(confusion: torch.Tensor) -> torch.Tensor:
 
 
 def mean_iou(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    """Mean IoU over the classes present in prediction or truth (NaN classes skipped)."""
+    """Mean IoU over the classes present in prediction or truth (NaN classes skipped).
+
+    Taught in notebook 01, section "3. Why stride 4?".
+    """
     iou = per_class_iou(confusion_matrix(prediction, target, num_classes))
     return float(iou[~iou.isnan()].mean()) if (~iou.isnan()).any() else float("nan")
 
 
 def pixel_accuracy(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    """Fraction of pixels whose predicted class equals the true class."""
+    """Fraction of pixels whose predicted class equals the true class.
+
+    Taught in notebook 01, section "3. Why stride 4?".
+    """
     if prediction.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(prediction.shape)} differs from target shape "
                          f"{tuple(target.shape)}.")
@@ -580,7 +718,10 @@ def pixel_accuracy(prediction: torch.Tensor, target: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------
 
 def get_device() -> torch.device:
-    """CUDA if present, then Apple's MPS, then the CPU."""
+    """CUDA if present, then Apple's MPS, then the CPU.
+
+    Taught in notebook 01, section "1. A real sample".
+    """
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -590,7 +731,10 @@ def get_device() -> torch.device:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Predicted label maps [B, H, W] for images [B, C, H, W], in eval mode, batched."""
+    """Predicted label maps [B, H, W] for images [B, C, H, W], in eval mode, batched.
+
+    Taught in notebook 04, section "3. The data needs spatial context".
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -602,7 +746,10 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tor
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = 64) -> dict:
-    """Held-out scores: {"miou", "pixel_accuracy", "per_class_iou" [C], "confusion" [C, C]}."""
+    """Held-out scores: {"miou", "pixel_accuracy", "per_class_iou" [C], "confusion" [C, C]}.
+
+    Taught in notebook 04, section "3. The data needs spatial context".
+    """
     num_classes = model.num_classes
     _check_labels(labels, num_classes)
     prediction = predict(model, images, batch_size)
@@ -611,6 +758,52 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return {"miou": float(iou[~iou.isnan()].mean()),
             "pixel_accuracy": pixel_accuracy(prediction, labels),
             "per_class_iou": iou, "confusion": confusion}
+
+
+def _check_training_settings(steps: int, batch_size: int, eval_every: int, lr: float,
+                             schedule: str) -> None:
+    _check_positive(steps=steps, batch_size=batch_size, eval_every=eval_every)
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr={lr} must be a positive finite number, e.g. 3e-3.")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule={schedule!r}: use 'cosine' or 'constant'.")
+
+
+def _evaluate_into(history: dict, model: nn.Module, heldout: Optional[tuple], step: int) -> None:
+    """Score the held-out set (if any) and append the step and its mIoU to the history."""
+    if heldout is not None:
+        history["eval_step"].append(step)
+        history["miou"].append(evaluate(model, *heldout)["miou"])
+
+
+def _lr_schedule(optimizer, steps: int, schedule: str):
+    """"cosine": a linear warm-up over the first 5% of the steps, then cosine decay to 0;
+    "constant": the base learning rate throughout."""
+    warmup = max(1, steps // 20)
+
+    def lr_factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def _training_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on one batch; the model's own training_loss if it has one, else
+    cross-entropy. Returns the loss (before the step)."""
+    if hasattr(model, "training_loss"):
+        loss = model.training_loss(images, labels)
+    else:
+        loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss
 
 
 def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 3e-3,
@@ -634,34 +827,18 @@ def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 
 
     Returns the history: {"step", "loss" (per step), "eval_step", "miou" (held out),
     "seconds", "steps_done", "interrupted", "device"}.
+
+    Taught in notebook 05, section "1. One budget for every model".
     """
-    _check_positive(steps=steps, batch_size=batch_size, eval_every=eval_every)
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr={lr} must be a positive finite number, e.g. 3e-3.")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule={schedule!r}: use 'cosine' or 'constant'.")
+    _check_training_settings(steps, batch_size, eval_every, lr, schedule)
     device = torch.device(device) if device is not None else get_device()
     torch.manual_seed(seed)
     generator = _generator(seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
-
-    def lr_factor(step: int) -> float:
-        if schedule == "constant":
-            return 1.0
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = _lr_schedule(optimizer, steps, schedule)
     history = {"step": [], "loss": [], "eval_step": [], "miou": [], "seconds": 0.0,
                "steps_done": 0, "interrupted": False, "device": str(device)}
-
-    def run_eval(step: int) -> None:
-        if heldout is not None:
-            history["eval_step"].append(step)
-            history["miou"].append(evaluate(model, *heldout)["miou"])
 
     from tqdm.auto import tqdm
     start = time.perf_counter()
@@ -671,29 +848,20 @@ def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 
             images, labels = data(batch_size, image_size, seed=generator)
             if step == 0:
                 _check_labels(labels, model.num_classes)
-            images, labels = images.to(device), labels.to(device)
-            if hasattr(model, "training_loss"):
-                loss = model.training_loss(images, labels)
-            else:
-                loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss = _training_step(model, optimizer, scheduler, images.to(device), labels.to(device))
             history["step"].append(step + 1)
             history["loss"].append(loss.item())
             history["steps_done"] = step + 1
             if (step + 1) % eval_every == 0 or step + 1 == steps:
-                run_eval(step + 1)
+                _evaluate_into(history, model, heldout, step + 1)
                 if history["miou"]:
                     bar.set_postfix(loss=f"{loss.item():.3f}", miou=f"{history['miou'][-1]:.3f}")
             if callback is not None:
                 callback(step + 1, history)
     except KeyboardInterrupt:
         history["interrupted"] = True
-        if history["steps_done"] and (not history["eval_step"]
-                                      or history["eval_step"][-1] != history["steps_done"]):
-            run_eval(history["steps_done"])
+        if history["steps_done"] and history["eval_step"][-1:] != [history["steps_done"]]:
+            _evaluate_into(history, model, heldout, history["steps_done"])
     finally:
         bar.close()
         model.eval()
@@ -701,19 +869,124 @@ def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 
     return history
 
 
+def seed_summary(scores: "list[float]") -> dict:
+    """Mean, spread (max - min) and worst of one model's scores over seeds: the words
+    "mean", "spread" and "worst seed" mean this everywhere in the series.
+
+    Taught in notebook 05, section "1. One budget for every model".
+    """
+    if not scores:
+        raise ValueError("seed_summary needs at least one score.")
+    return {"mean": sum(scores) / len(scores), "spread": max(scores) - min(scores),
+            "worst": min(scores)}
+
+
+def is_finding(scores_a: "list[float]", scores_b: "list[float]") -> bool:
+    """Whether a differs from b measurably: the same sign on every seed (paired by seed) and a
+    gap of the means larger than the larger of the two spreads. Otherwise: "no measurable
+    difference".
+
+    Taught in notebook 05, section "1. One budget for every model".
+    """
+    if len(scores_a) != len(scores_b) or len(scores_a) < 3:
+        raise ValueError("compare the same seeds, at least 3 of them "
+                         f"(got {len(scores_a)} and {len(scores_b)}).")
+    gaps = [a - b for a, b in zip(scores_a, scores_b)]
+    same_sign = all(g > 0 for g in gaps) or all(g < 0 for g in gaps)
+    a, b = seed_summary(scores_a), seed_summary(scores_b)
+    return same_sign and abs(a["mean"] - b["mean"]) > max(a["spread"], b["spread"])
+
+
+def run_seeds(models: "dict[str, Callable[[], nn.Module]]", variants: "list[str]",
+              seeds: "tuple[int, ...]" = (0, 1, 2), split: str = "validation",
+              steps: int = 800, on_row: Optional[Callable] = None, progress: bool = True,
+              device: "torch.device | str | None" = None, measure: Optional[Callable] = None,
+              eval_images: int = 256, **train_options) -> "list[dict]":
+    """The series' multi-seed runner: every model on every data variant with every seed,
+    the same recipe (`train` with `steps` and train_options) for all, scored on the first
+    `eval_images` images of the variant's `split` set (make_split).
+
+    models: name -> a function that builds a fresh model (called after torch.manual_seed(seed)).
+    Returns one row per (variant, model): {"model", "data", "split", "steps", "seeds",
+    "miou" (per seed), "mean", "spread", "worst", "seconds"}; on_row(row) is called as each
+    row is done (to save partial results). measure(model, images, labels) -> dict, if given,
+    is called on each trained model with the evaluation set; its results go to row["measured"].
+
+    Taught in notebook 05, section "1. One budget for every model".
+    """
+    from tqdm.auto import tqdm
+    _check_positive(steps=steps)
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one (3 or more for a finding).")
+    for variant in variants:
+        _variant_options(variant)
+    rows = []
+    bar = tqdm(total=len(variants) * len(models) * len(seeds), desc="trainings",
+               disable=not progress)
+    for variant in variants:
+        evaluation = make_split(variant, split, num_images=eval_images)
+        for name, build in models.items():
+            scores, seconds, measured = [], 0.0, []
+            for seed in seeds:
+                torch.manual_seed(seed)
+                model = build()
+                history = train(model, steps=steps, seed=seed, data=variant_data(variant),
+                                progress=False, device=device, **train_options)
+                scores.append(evaluate(model, *evaluation)["miou"])
+                seconds += history["seconds"]
+                if measure is not None:
+                    measured.append(measure(model, *evaluation))
+                bar.update(1)
+                bar.set_postfix(data=variant, model=name, miou=f"{scores[-1]:.3f}")
+            row = {"model": name, "data": variant, "split": split, "steps": steps,
+                   "seeds": list(seeds), "miou": scores, **seed_summary(scores),
+                   "seconds": seconds}
+            if measure is not None:
+                row["measured"] = measured
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    bar.close()
+    return rows
+
+
 _MODEL_CLASSES = {cls.__name__: cls for cls in (SegmentationModel, LatentSegNet, PixelClassifier)}
 _CHECKPOINT_FORMAT = "latentseg-checkpoint-1"
 
 
+def _holds(path: str, payload: dict) -> bool:
+    """Whether the checkpoint file at `path` already holds exactly `payload`."""
+    if not os.path.exists(path):
+        return False
+    try:
+        old = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    if not isinstance(old, dict) or any(old.get(k) != payload[k]
+                                        for k in ("format", "model_class", "config", "extra")):
+        return False
+    a, b = old.get("state_dict", {}), payload["state_dict"]
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+                                        and torch.equal(a[k], b[k]) for k in a)
+
+
 def save_checkpoint(path: str, model: nn.Module, extra: Optional[dict] = None) -> None:
     """Write model weights plus the config that rebuilds it, atomically (temp file + rename),
-    so an interrupted save never leaves a half-written checkpoint behind."""
+    so an interrupted save never leaves a half-written checkpoint behind. A file that already
+    holds exactly this checkpoint (same class, config, tensors and extra) is left untouched, so
+    rerunning a seeded notebook does not change a committed file (torch.save's bytes differ
+    from run to run even when the tensors do not).
+
+    Taught in notebook 05, section "5. Save it, load it back".
+    """
     name = type(model).__name__
     if name not in _MODEL_CLASSES:
         raise ValueError(f"save_checkpoint knows {sorted(_MODEL_CLASSES)}; got {name}.")
     payload = {"format": _CHECKPOINT_FORMAT, "model_class": name, "config": dict(model.config),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "extra": extra or {}}
+    if _holds(path, payload):
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -731,6 +1004,8 @@ def load_checkpoint(path: str, device: "torch.device | str | None" = None):
 
     Loads with weights_only=True, so no pickled code ever runs. A missing, corrupt or
     mismatched file raises an error that says which and what to do.
+
+    Taught in notebook 05, section "5. Save it, load it back".
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}; train a model and save it first.")
@@ -746,6 +1021,15 @@ def load_checkpoint(path: str, device: "torch.device | str | None" = None):
     if name not in _MODEL_CLASSES:
         raise ValueError(f"checkpoint {path!r} holds an unknown model class {name!r}.")
     model = _MODEL_CLASSES[name](**payload["config"])
+    expected = model.state_dict()
+    wrong_shapes = [f"{key} is {list(value.shape)}, the config gives {list(expected[key].shape)}"
+                    for key, value in payload["state_dict"].items()
+                    if key in expected and value.shape != expected[key].shape]
+    if wrong_shapes:
+        raise ValueError(f"checkpoint {path!r} does not match its config {name}("
+                         f"{payload['config']}): {'; '.join(wrong_shapes[:3])}"
+                         f"{' ...' if len(wrong_shapes) > 3 else ''}. The file was edited or "
+                         "written by other code; delete it and train again.")
     result = model.load_state_dict(payload["state_dict"], strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"checkpoint {path!r} does not match {name}({payload['config']}): "
@@ -764,7 +1048,10 @@ CLASS_COLORS = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2"
 
 
 def class_colormap(num_classes: int = len(CLASS_NAMES)):
-    """A ListedColormap with one Okabe-Ito colour per class (use vmin=0, vmax=num_classes-1)."""
+    """A ListedColormap with one Okabe-Ito colour per class (use vmin=0, vmax=num_classes-1).
+
+    Taught in notebook 01, section "1. A real sample".
+    """
     from matplotlib.colors import ListedColormap
     if not 1 <= num_classes <= len(CLASS_COLORS):
         raise ValueError(f"num_classes={num_classes}: the palette has {len(CLASS_COLORS)} colours.")
@@ -796,7 +1083,10 @@ def plot_samples(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 
                  max_images: int = 6, title: str = "Samples: image (top) and truth (bottom)",
                  class_names: Optional[list] = None):
     """Grid of images [B, 3, H, W] over their label maps [B, H, W], with a class legend
-    (class_names overrides CLASS_NAMES in the legend)."""
+    (class_names overrides CLASS_NAMES in the legend).
+
+    Taught in notebook 01, section "1. A real sample".
+    """
     import matplotlib.pyplot as plt
     n = min(max_images, len(images))
     fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 3.9), squeeze=False)
@@ -813,7 +1103,10 @@ def plot_samples(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 
 def plot_predictions(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
                      num_classes: int = 4, max_images: int = 4,
                      title: str = "Image, truth, prediction and errors"):
-    """Rows of image / truth / prediction / errors (red = wrong pixel) with a class legend."""
+    """Rows of image / truth / prediction / errors (red = wrong pixel) with a class legend.
+
+    Taught in notebook 04, section "3. The data needs spatial context".
+    """
     import matplotlib.pyplot as plt
     n = min(max_images, len(images))
     fig, axes = plt.subplots(n, 4, figsize=(7, 1.8 * n + 0.6), squeeze=False)
@@ -839,6 +1132,8 @@ def plot_history(history: dict, title: str = "Training", reference_loss: Optiona
     """Training loss per step (left) and held-out mIoU (right). Pass `fig` to redraw in place.
 
     reference_loss draws a dashed line (e.g. ln(num_classes), the loss of a uniform guess).
+
+    Taught in notebook 04, section "1. The tutorial's data: noise in, noise out".
     """
     import matplotlib.pyplot as plt
     if fig is None:
@@ -864,7 +1159,10 @@ def plot_history(history: dict, title: str = "Training", reference_loss: Optiona
 def plot_attention(image: torch.Tensor, attention: torch.Tensor, title: str = "",
                    max_maps: int = 16, labels: Optional[list] = None):
     """Heatmaps of attention over the image: attention [M, N] with N = h*w tokens,
-    one map per row (e.g. per latent), each upsampled to the image and overlaid on it."""
+    one map per row (e.g. per latent), each upsampled to the image and overlaid on it.
+
+    Taught in notebook 02, section "5. Where each latent looks".
+    """
     import matplotlib.pyplot as plt
     H, W = image.shape[-2:]
     M, N = attention.shape

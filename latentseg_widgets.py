@@ -45,7 +45,10 @@ _ERROR_COLOUR = "#b00020"
 def enable_colab_widgets() -> bool:
     """In Colab with ipywidgets 8, switch on Colab's custom widget manager (Colab's own
     manager speaks the ipywidgets 7 protocol). Returns True when it was switched on.
-    Elsewhere, and with Colab's preinstalled ipywidgets 7.7, it does nothing."""
+    Elsewhere, and with Colab's preinstalled ipywidgets 7.7, it does nothing.
+
+    Taught in notebook 05, section "7. Try it yourself: the training panel".
+    """
     if "google.colab" not in sys.modules or IPYWIDGETS_MAJOR < 8:
         return False
     from google.colab import output
@@ -71,7 +74,10 @@ def show_in(out: widgets.Output, fig) -> None:
     """Show `fig` in `out`, replacing what `out` showed before (the redraw-in-place pattern).
 
     Without a kernel (plain Python, the unit tests) nothing would capture the display, so
-    the rendered PNG goes straight into the Output widget's state instead."""
+    the rendered PNG goes straight into the Output widget's state instead.
+
+    Taught in notebook 05, section "7. Try it yourself: the training panel".
+    """
     if _has_frontend():
         with out:
             clear_output(wait=True)
@@ -81,7 +87,10 @@ def show_in(out: widgets.Output, fig) -> None:
 
 
 def clear(out: widgets.Output) -> None:
-    """Empty an Output widget (with or without a kernel, like show_in)."""
+    """Empty an Output widget (with or without a kernel, like show_in).
+
+    Taught in notebook 05, section "7. Try it yourself: the training panel".
+    """
     if _has_frontend():
         out.clear_output()
     else:
@@ -111,6 +120,8 @@ def build_model(variant: str = "latentsegnet", num_latents: int = 16, num_heads:
     "latentsegnet"  u.LatentSegNet(feature_dim=latent_dim, ...), the series' model
     "tutorial"      u.SegmentationModel(latent_dim=latent_dim, ...), the tutorial's model
     "no-attention"  u.LatentSegNet(..., attention=False), the pixel path alone
+
+    Taught in notebook 05, section "7. Try it yourself: the training panel".
     """
     if variant == "latentsegnet":
         return u.LatentSegNet(num_classes=num_classes, feature_dim=latent_dim,
@@ -126,7 +137,10 @@ def build_model(variant: str = "latentsegnet", num_latents: int = 16, num_heads:
 
 def check_settings(variant: str, num_latents: int, num_heads: int, latent_dim: int,
                    lr: float, steps: int, batch_size: int) -> list:
-    """The problems that would stop a run with these settings, as sentences ([] = fine)."""
+    """The problems that would stop a run with these settings, as sentences ([] = fine).
+
+    Taught in notebook 05, section "7. Try it yourself: the training panel".
+    """
     problems = []
     if num_heads < 1 or latent_dim < 1 or latent_dim % num_heads:
         fits = [h for h in (1, 2, 3, 4, 8) if latent_dim > 0 and latent_dim % h == 0]
@@ -161,6 +175,8 @@ class TrainingPanel:
     history). After a run: history, model, heldout, live_figure, prediction_figure.
 
     Training is seeded (`seed`), so the same settings give the same curve.
+
+    Taught in notebook 05, section "7. Try it yourself: the training panel".
     """
 
     def __init__(self, steps: int = 200, batch_size: int = 16, lr: float = 3e-3,
@@ -176,7 +192,15 @@ class TrainingPanel:
         self.live_figure = None
         self.prediction_figure = None
         self.running = False
+        self._make_settings_widgets(steps, batch_size, lr, num_latents, num_heads, latent_dim,
+                                    variant)
+        self._make_output_widgets(steps)
+        self.widget = self._layout()
+        self.validate()
 
+    def _make_settings_widgets(self, steps, batch_size, lr, num_latents, num_heads, latent_dim,
+                               variant) -> None:
+        """The seven settings, each validated on every change."""
         self.num_latents = widgets.IntSlider(value=num_latents, min=1, max=64, step=1,
                                              description="num_latents", style=_WIDE)
         self.num_heads = widgets.Dropdown(options=[1, 2, 3, 4, 8], value=num_heads,
@@ -196,6 +220,13 @@ class TrainingPanel:
         self.variant = widgets.Dropdown(options=list(VARIANTS.items()), value=variant,
                                         description="model", style=_WIDE,
                                         layout=widgets.Layout(width="360px"))
+        self.settings_widgets = (self.num_latents, self.num_heads, self.latent_dim, self.lr,
+                                 self.steps, self.batch_size, self.variant)
+        for w in self.settings_widgets:
+            w.observe(self.validate, names="value")
+
+    def _make_output_widgets(self, steps: int) -> None:
+        """The Train button, the progress bar, the message line and the two figure areas."""
         self.train_button = widgets.Button(description="Train", button_style="primary",
                                            icon="play")
         self.progress = widgets.IntProgress(value=0, min=0, max=steps, description="progress",
@@ -203,27 +234,24 @@ class TrainingPanel:
         self.message = widgets.HTML(value="")
         self.live_out = widgets.Output()
         self.prediction_out = widgets.Output()
-
-        self.settings_widgets = (self.num_latents, self.num_heads, self.latent_dim, self.lr,
-                                 self.steps, self.batch_size, self.variant)
-        for w in self.settings_widgets:
-            w.observe(self.validate, names="value")
         self.train_button.on_click(self.on_train_clicked)
 
-        self.widget = widgets.VBox([
+    def _layout(self) -> widgets.VBox:
+        """The panel: settings in rows, then the button, the message and the figures."""
+        panel = widgets.VBox([
             widgets.HBox([self.variant, self.num_latents]),
             widgets.HBox([self.num_heads, self.latent_dim]),
             widgets.HBox([self.lr, self.steps, self.batch_size]),
             widgets.HBox([self.train_button, self.progress]),
             self.message, self.live_out, self.prediction_out,
         ])
-        self.widget.controller = self
-        for w, name in ((self.widget, "panel"), (self.message, "message"),
+        panel.controller = self
+        for w, name in ((panel, "panel"), (self.message, "message"),
                         (self.steps, "steps"), (self.train_button, "train"),
                         (self.progress, "progress"), (self.live_out, "live-plot"),
                         (self.prediction_out, "predictions")):
             w.add_class(f"latentseg-{name}")          # stable names for the browser test
-        self.validate()
+        return panel
 
     # -- settings ----------------------------------------------------------
     def settings(self) -> dict:
@@ -334,7 +362,10 @@ def _empty_history() -> dict:
 
 def training_panel(**options) -> widgets.VBox:
     """The training panel of notebook 05 (see TrainingPanel for the options).
-    Returns the VBox to display; its `.controller` is the TrainingPanel."""
+    Returns the VBox to display; its `.controller` is the TrainingPanel.
+
+    Taught in notebook 05, section "7. Try it yourself: the training panel".
+    """
     enable_colab_widgets()
     return TrainingPanel(**options).widget
 
@@ -356,6 +387,8 @@ class ExpertBrowser:
       latent -> pixels heatmap     where expert k reads the image (its weights over pixels)
       pixel -> expert weight       how much each pixel reads expert k
       pixel -> expert argmax map   which expert each pixel reads most (k outlined)
+
+    Taught in notebook 06, section "9. Explore it yourself".
     """
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor):
@@ -466,6 +499,8 @@ def expert_browser(model: torch.nn.Module, images: torch.Tensor,
     model: a SegmentationModel or LatentSegNet with attention; images [B, 3, H, W] and
     labels [B, H, W] (H, W multiples of 4). Returns the VBox to display; its `.controller`
     is the ExpertBrowser.
+
+    Taught in notebook 06, section "9. Explore it yourself".
     """
     enable_colab_widgets()
     return ExpertBrowser(model, images, labels).widget

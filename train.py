@@ -117,30 +117,31 @@ def name_flags(message: str) -> str:
     return message
 
 
-def main(argv: "list[str] | None" = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-
+def import_or_explain() -> bool:
+    """Import what training needs; False (after one clear line) when a package is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")                  # files only: no window, no display needed
-        import matplotlib.pyplot as plt
-        import torch
+        import matplotlib.pyplot  # noqa: F401
+        import torch  # noqa: F401
         import tqdm  # noqa: F401  (the progress bar of latentseg_utils.train)
     except ImportError as error:
         print(f"train.py: error: {error.name} is not installed in this Python ({sys.executable}); "
               "activate the series' environment or run: pip install -r requirements.txt",
               file=sys.stderr)
-        return 1
+        return False
+    return True
 
+
+def device_and_model(parser, args):
+    """The device the flags ask for and the seeded model they describe (bad flags: one line)."""
+    import torch
     import latentseg_utils as u
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda was asked for but torch.cuda.is_available() is "
                      "False; use --device auto or cpu")
     device = u.get_device() if args.device == "auto" else torch.device(args.device)
-
     torch.manual_seed(args.seed)
     try:
         model = u.LatentSegNet(num_latents=args.num_latents, num_heads=args.num_heads,
@@ -148,6 +149,69 @@ def main(argv: "list[str] | None" = None) -> int:
                                attention=not args.no_attention)
     except ValueError as error:
         parser.error(name_flags(str(error)))
+    return device, model
+
+
+def measure(model, heldout, history, args) -> dict:
+    """Score the trained model on the held-out set; everything metrics.json records."""
+    import torch
+    import latentseg_utils as u
+
+    scores = u.evaluate(model, *heldout)
+    per_class = {name: (None if math.isnan(v) else round(float(v), 4))
+                 for name, v in zip(u.CLASS_NAMES, scores["per_class_iou"].tolist())}
+    return {
+        "miou": round(scores["miou"], 4),
+        "pixel_accuracy": round(scores["pixel_accuracy"], 4),
+        "per_class_iou": per_class,
+        "steps": args.steps, "steps_done": history["steps_done"],
+        "interrupted": history["interrupted"],
+        "seconds": round(history["seconds"], 1),
+        "device": history["device"], "torch": torch.__version__,
+        "data": "shapes, key variant" if args.key_variant else "shapes",
+        "heldout_images": len(heldout[0]),
+        "training": {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                     "schedule": "cosine", "optimizer": "AdamW"},
+        "config": dict(model.config),
+        "history": {"eval_step": history["eval_step"],
+                    "miou": [round(m, 4) for m in history["miou"]]},
+    }
+
+
+def write_outputs(model, heldout, history, metrics, args) -> dict:
+    """Write checkpoint.pt, curves.png, predictions.png and metrics.json; returns their paths."""
+    import matplotlib.pyplot as plt
+    import latentseg_utils as u
+
+    paths = {name: os.path.join(args.out, name)
+             for name in ("checkpoint.pt", "curves.png", "predictions.png", "metrics.json")}
+    u.save_checkpoint(paths["checkpoint.pt"], model,
+                      extra={k: metrics[k] for k in ("miou", "steps_done", "data", "training")})
+    title = f"LatentSegNet, {history['steps_done']} steps" + (" (key variant)" if args.key_variant else "")
+    fig = u.plot_history(history, title=title)
+    fig.savefig(paths["curves.png"], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    images, labels = heldout[0][:4], heldout[1][:4]
+    fig = u.plot_predictions(images, labels, u.predict(model, images),
+                             title=f"{title}: held-out image, truth, prediction, errors")
+    fig.savefig(paths["predictions.png"], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    with open(paths["metrics.json"], "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    return paths
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    if not import_or_explain():
+        return 1
+    import torch
+    import latentseg_utils as u
+
+    device, model = device_and_model(parser, args)
 
     def data(batch_size, image_size, seed):
         return u.make_shapes_batch(batch_size, image_size, seed=seed, key=args.key_variant)
@@ -171,47 +235,13 @@ def main(argv: "list[str] | None" = None) -> int:
         return 130
 
     start = time.perf_counter()
-    scores = u.evaluate(model, *heldout)
-    per_class = {name: (None if math.isnan(v) else round(float(v), 4))
-                 for name, v in zip(u.CLASS_NAMES, scores["per_class_iou"].tolist())}
-    metrics = {
-        "miou": round(scores["miou"], 4),
-        "pixel_accuracy": round(scores["pixel_accuracy"], 4),
-        "per_class_iou": per_class,
-        "steps": args.steps, "steps_done": history["steps_done"],
-        "interrupted": history["interrupted"],
-        "seconds": round(history["seconds"], 1),
-        "device": history["device"], "torch": torch.__version__,
-        "data": "shapes, key variant" if args.key_variant else "shapes",
-        "heldout_images": len(heldout[0]),
-        "training": {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                     "schedule": "cosine", "optimizer": "AdamW"},
-        "config": dict(model.config),
-        "history": {"eval_step": history["eval_step"],
-                    "miou": [round(m, 4) for m in history["miou"]]},
-    }
-    paths = {name: os.path.join(args.out, name)
-             for name in ("checkpoint.pt", "curves.png", "predictions.png", "metrics.json")}
-    u.save_checkpoint(paths["checkpoint.pt"], model,
-                      extra={k: metrics[k] for k in ("miou", "steps_done", "data", "training")})
-    title = f"LatentSegNet, {history['steps_done']} steps" + (" (key variant)" if args.key_variant else "")
-    fig = u.plot_history(history, title=title)
-    fig.savefig(paths["curves.png"], dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    images, labels = heldout[0][:4], heldout[1][:4]
-    fig = u.plot_predictions(images, labels, u.predict(model, images),
-                             title=f"{title}: held-out image, truth, prediction, errors")
-    fig.savefig(paths["predictions.png"], dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    with open(paths["metrics.json"], "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-
+    metrics = measure(model, heldout, history, args)
+    paths = write_outputs(model, heldout, history, metrics, args)
     print(f"held-out mIoU {metrics['miou']:.3f}, pixel accuracy {metrics['pixel_accuracy']:.3f} "
           f"({history['steps_done']} steps, {history['seconds']:.0f} s training, "
           f"{time.perf_counter() - start:.0f} s evaluating and writing)")
     print("per-class IoU: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}"
-                                        for k, v in per_class.items()))
+                                        for k, v in metrics["per_class_iou"].items()))
     for path in paths.values():
         print("wrote", path)
     return 130 if history["interrupted"] else 0   # 130: the usual status after Ctrl-C

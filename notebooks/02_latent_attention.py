@@ -39,7 +39,10 @@
 # Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
 # without their dependencies, then only what Colab lacks (never torch). Elsewhere: nothing;
 # the modules are already installed (`pip install -e .`, see the README).
-import importlib.util, os, sys
+import importlib.util
+import os
+import sys
+
 LATENTSEG_PACKAGE = os.environ.get(
     "LATENTSEG_PACKAGE", "git+https://github.com/latentseg/latentseg@v0.2")
 if "google.colab" in sys.modules:
@@ -460,10 +463,13 @@ with torch.no_grad():
 torch.set_num_threads(threads)
 print(f"{'image':>7} {'N':>6} | {'self: ms':>8} {'MB peak':>8} {'MB weights':>10} | "
       f"{'latent: ms':>10} {'MB peak':>8} {'MB weights':>10}")
-for size, s, l in zip(sizes, bench["self-attention"], bench["latent attention"]):
-    mb = lambda b: float("nan") if b is None else b / 1e6
+def mb(b):
+    return float("nan") if b is None else b / 1e6
+
+
+for size, s, lat in zip(sizes, bench["self-attention"], bench["latent attention"]):
     print(f"{size:>3}x{size:<3} {s[0]:>6,} | {1e3 * s[1]:>8.2f} {mb(s[2]):>8.2f} {mb(s[3]):>10.2f} | "
-          f"{1e3 * l[1]:>10.2f} {mb(l[2]):>8.2f} {mb(l[3]):>10.2f}")
+          f"{1e3 * lat[1]:>10.2f} {mb(lat[2]):>8.2f} {mb(lat[3]):>10.2f}")
 
 # %% [markdown]
 # On log-log axes a power law $N^p$ is a straight line of slope $p$. The dotted grey lines show

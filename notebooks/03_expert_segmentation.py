@@ -40,7 +40,10 @@
 # Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
 # without their dependencies, then only what Colab lacks (never torch). Elsewhere: nothing;
 # the modules are already installed (`pip install -e .`, see the README).
-import importlib.util, os, sys
+import importlib.util
+import os
+import sys
+
 LATENTSEG_PACKAGE = os.environ.get(
     "LATENTSEG_PACKAGE", "git+https://github.com/latentseg/latentseg@v0.2")
 if "google.colab" in sys.modules:
@@ -64,10 +67,8 @@ if "google.colab" in sys.modules:
 # notebook builds by hand, `u` holds too, and the notebook ends by checking that the two agree.
 
 # %%
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import matplotlib.pyplot as plt
 import latentseg_utils as u
 
@@ -269,7 +270,10 @@ parts = {
                             ("segmentation_head", es.segmentation_head)],
     "decoder": [("conv 3x3 on logits", model.decoder[0]), ("upsample x4", model.decoder[1])],
 }
-size = lambda p: p.numel() if isinstance(p, nn.Parameter) else u.count_parameters(p)
+def size(p):
+    return p.numel() if isinstance(p, nn.Parameter) else u.count_parameters(p)
+
+
 total = 0
 for part, children in parts.items():
     part_total = sum(size(p) for _, p in children)

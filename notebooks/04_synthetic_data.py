@@ -41,7 +41,10 @@
 # Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
 # without their dependencies, then only what Colab lacks (never torch). Elsewhere: nothing;
 # the modules are already installed (`pip install -e .`, see the README).
-import importlib.util, os, sys
+import importlib.util
+import os
+import sys
+
 LATENTSEG_PACKAGE = os.environ.get(
     "LATENTSEG_PACKAGE", "git+https://github.com/latentseg/latentseg@v0.2")
 if "google.colab" in sys.modules:
@@ -838,7 +841,8 @@ def check_diamond(fn):
         gx, gy = coords.view(1, size) - 32.0, coords.view(size, 1) - 32.0
         mask = fn(gx, gy, r)
         assert mask.shape == (size, size) and mask.dtype == torch.bool, "return a boolean [S, S] mask"
-        inside = lambda x, y: bool(fn(torch.tensor(float(x)), torch.tensor(float(y)), r))
+        def inside(x, y, r=r):
+            return bool(fn(torch.tensor(float(x)), torch.tensor(float(y)), r))
         assert inside(0, 0), "the centre belongs to the diamond"
         for x, y in ((r, 0), (-r, 0), (0, r), (0, -r)):
             assert inside(x, y), f"the corner ({x}, {y}) belongs to the diamond"

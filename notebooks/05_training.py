@@ -37,7 +37,10 @@
 # Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
 # without their dependencies, then only what Colab lacks (never torch). Elsewhere: nothing;
 # the modules are already installed (`pip install -e .`, see the README).
-import importlib.util, os, sys
+import importlib.util
+import os
+import sys
+
 LATENTSEG_PACKAGE = os.environ.get(
     "LATENTSEG_PACKAGE", "git+https://github.com/latentseg/latentseg@v0.2")
 if "google.colab" in sys.modules:
@@ -60,7 +63,6 @@ if "google.colab" in sys.modules:
 
 # %%
 import math
-import time
 
 import matplotlib.pyplot as plt
 import torch

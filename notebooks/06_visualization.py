@@ -44,7 +44,10 @@
 # Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
 # without their dependencies, then only what Colab lacks (never torch). Elsewhere: nothing;
 # the modules are already installed (`pip install -e .`, see the README).
-import importlib.util, os, sys
+import importlib.util
+import os
+import sys
+
 LATENTSEG_PACKAGE = os.environ.get(
     "LATENTSEG_PACKAGE", "git+https://github.com/latentseg/latentseg@v0.2")
 if "google.colab" in sys.modules:
@@ -71,7 +74,6 @@ import math
 import os
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
@@ -803,12 +805,14 @@ for i in worst_miou.tolist():
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+from IPython.display import display
+
 try:
     import latentseg_widgets as uw
 except ImportError:
     uw = None
-    print("latentseg_widgets.py is not next to this notebook; skip this section "
-          "(everything above works without it).")
+    print("latentseg_widgets is not installed (run pip install -e . in the repository); "
+          "skip this section (everything above works without it).")
 if uw is not None:
     browser = uw.expert_browser(model, heldout_images[:16], heldout_labels[:16])
     display(browser)

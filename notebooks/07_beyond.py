@@ -46,7 +46,10 @@
 # Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
 # without their dependencies, then only what Colab lacks (never torch). Elsewhere: nothing;
 # the modules are already installed (`pip install -e .`, see the README).
-import importlib.util, os, sys
+import importlib.util
+import os
+import sys
+
 LATENTSEG_PACKAGE = os.environ.get(
     "LATENTSEG_PACKAGE", "git+https://github.com/latentseg/latentseg@v0.2")
 if "google.colab" in sys.modules:
@@ -69,7 +72,6 @@ if "google.colab" in sys.modules:
 
 # %%
 import math
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -320,7 +322,10 @@ def rotary(x, positions):
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 q, k = torch.randn(8), torch.randn(8)
-at = lambda i, j: float(rotary(q, torch.tensor(i)) @ rotary(k, torch.tensor(j)))
+def at(i, j):
+    return float(rotary(q, torch.tensor(i)) @ rotary(k, torch.tensor(j)))
+
+
 print(f"score at positions (3, 1): {at(3, 1):.4f}; at (12, 10): {at(12, 10):.4f} (same distance)")
 
 

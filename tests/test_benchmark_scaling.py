@@ -18,6 +18,7 @@ def run(*args, timeout=120):
                           timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_table_markdown_and_plot(tmp_path):
     done = run("--sizes", "32", "64", "--repeats", "1", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr

@@ -26,6 +26,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_table_markdown_json_and_plot(tmp_path):
     # One thread: on a CPU shared with other work it is the quickest setting.
     done = run("--budget", "1", "--models", *MODELS, "--evals", "1", "--threads", "1",

@@ -25,6 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.slow   # drives a real browser: the full suite only
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "05_training.ipynb"
 SCREENSHOT = REPO / "docs" / "training_panel.png"

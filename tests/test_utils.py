@@ -325,7 +325,9 @@ def test_noise_data_stays_at_ln2_while_shapes_data_is_learned():
     def final_loss(data):
         torch.manual_seed(0)
         model = u.SegmentationModel(num_classes=2)
-        two_class = (lambda b, s, seed: (lambda x, y: (x, (y > 0).long()))(*data(b, s, seed=seed)))
+        def two_class(b, s, seed):
+            x, y = data(b, s, seed=seed)
+            return x, (y > 0).long()
         h = u.train(model, steps=150, batch_size=8, image_size=32, lr=1e-3, data=two_class,
                     progress=False, schedule="constant")
         return sum(h["loss"][-30:]) / 30
@@ -357,6 +359,23 @@ def test_checkpoint_round_trip(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left
 
 
+def test_saving_the_same_checkpoint_again_leaves_the_file_untouched(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    model = u.PixelClassifier()
+    u.save_checkpoint(str(path), model, extra={"miou": 0.5})
+    before = path.read_bytes()
+    u.save_checkpoint(str(path), model, extra={"miou": 0.5})
+    assert path.read_bytes() == before
+    u.save_checkpoint(str(path), model, extra={"miou": 0.6})          # other extra: rewritten
+    assert u.load_checkpoint(str(path), device="cpu")[1] == {"miou": 0.6}
+    with torch.no_grad():
+        model.net[0].bias.add_(1.0)
+    u.save_checkpoint(str(path), model, extra={"miou": 0.6})          # other weights: rewritten
+    loaded, _ = u.load_checkpoint(str(path), device="cpu")
+    assert torch.equal(loaded.net[0].bias, model.net[0].bias)
+
+
 def test_corrupt_missing_and_mismatched_checkpoints(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
@@ -369,11 +388,23 @@ def test_corrupt_missing_and_mismatched_checkpoints(tmp_path):
     payload = torch.load(good, weights_only=True)
     payload["config"]["hidden"] = 8
     torch.save(payload, good)
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(ValueError, match=r"does not match its config PixelClassifier\(.*"
+                                         r"hidden.*delete it and train again") as error:
         u.load_checkpoint(str(good))
+    assert "size mismatch" not in str(error.value)   # not load_state_dict's raw dump
     torch.save({"something": 1}, good)
     with pytest.raises(ValueError, match="not a latentseg checkpoint"):
         u.load_checkpoint(str(good))
+
+
+def test_integer_images_are_refused_with_the_conversion():
+    images = torch.randint(0, 255, (1, 3, 64, 64))
+    for model in (u.SegmentationModel(num_classes=4), u.LatentSegNet(), u.PixelClassifier()):
+        with pytest.raises(TypeError, match=r"images are integers \(torch.int64\).*"
+                                            r"images.float\(\) / 255"):
+            model(images)
+    with pytest.raises(TypeError, match="images.float"):
+        u.predict(u.PixelClassifier(), images.to(torch.uint8))
 
 
 # ---- plotting ----------------------------------------------------------------
@@ -406,3 +437,112 @@ def test_plot_attention_refuses_a_non_grid():
 def test_class_colormap_refuses_too_many_classes():
     with pytest.raises(ValueError, match="palette"):
         u.class_colormap(99)
+
+
+# ---- data variants, splits and the multi-seed runner --------------------------
+
+def test_every_data_variant_draws_valid_fixed_splits():
+    assert set(u.LONG_RANGE_VARIANTS) <= set(u.DATA_VARIANTS) and "shapes" in u.DATA_VARIANTS
+    for variant in u.DATA_VARIANTS:
+        val_x, val_y = u.make_split(variant, "validation", num_images=8)
+        test_x, test_y = u.make_split(variant, "test", num_images=8)
+        again_x, _ = u.make_split(variant, "test", num_images=8)
+        assert val_x.shape == (8, 3, 64, 64) and val_y.shape == (8, 64, 64)
+        assert torch.equal(test_x, again_x), variant                  # fixed
+        assert not torch.equal(val_x, test_x), variant                # two different sets
+        assert val_y.dtype == torch.int64 and 0 <= int(val_y.min()) and int(val_y.max()) <= 3
+        batch_x, batch_y = u.variant_data(variant)(4, 32, seed=0)
+        assert batch_x.shape == (4, 3, 32, 32) and batch_y.shape == (4, 32, 32)
+    # the shapes test set is the held-out set every notebook has used
+    assert torch.equal(u.make_split("shapes", "test")[1], u.make_heldout_set()[1])
+
+
+def test_variants_change_what_they_say():
+    shapes_x, shapes_y = u.make_split("shapes", "test", num_images=64)
+    small_y = u.make_split("small", "test", num_images=64)[1]
+    assert (small_y > 0).float().mean() < 0.5 * (shapes_y > 0).float().mean()
+    crowded_y = u.make_split("crowded", "test", num_images=64)[1]
+    assert (crowded_y > 0).float().mean() > (shapes_y > 0).float().mean()
+    noisy_x = u.make_split("noisy", "test", num_images=64)[0]
+    assert (noisy_x - noisy_x.mean((2, 3), keepdim=True)).std() > \
+        (shapes_x - shapes_x.mean((2, 3), keepdim=True)).std()
+    # low contrast: objects differ from their background by less than in the shapes data
+    def contrast(variant):
+        x, y = u.make_split(variant, "test", num_images=64)
+        x = u.make_shapes_batch(64, 64, seed=u.HELDOUT_SEED, noise=0.0,
+                                **u.DATA_VARIANTS[variant])[0]
+        background = x[:, :, :1, :1]                # a corner pixel is background here
+        return ((x - background).abs().amax(1) * (y > 0)).sum() / (y > 0).sum()
+    assert contrast("low_contrast") < 0.6 * contrast("shapes")
+    # the corner key: a small square of a key colour in the top-left corner, labelled background
+    x, y = u.make_split("corner_key", "test", num_images=8, image_size=64)
+    corner = x[:, :, 2, 2]                                  # a pixel inside the square
+    assert all(any(torch.allclose(corner[i], c, atol=0.5) for c in u.KEY_COLORS)
+               for i in range(8))
+    assert (y[:, :6, :6] == 0).all()
+
+
+def test_bad_variant_split_and_key_are_refused():
+    with pytest.raises(ValueError, match="unknown data variant 'sharp'.*choose from"):
+        u.make_split("sharp")
+    with pytest.raises(ValueError, match="split='train'.*validation.*test"):
+        u.make_split("shapes", "train")
+    with pytest.raises(ValueError, match="key='corner'"):
+        u.make_shapes_batch(2, 32, key="corner")
+    with pytest.raises(ValueError, match="contrast"):
+        u.make_shapes_batch(2, 32, contrast=(0.5, 0.2))
+
+
+def test_seed_summary_and_findings():
+    assert u.seed_summary([0.5, 0.7, 0.6]) == pytest.approx(
+        {"mean": 0.6, "spread": 0.2, "worst": 0.5})
+    assert u.is_finding([0.9, 0.91, 0.92], [0.80, 0.81, 0.79])
+    assert not u.is_finding([0.9, 0.91, 0.92], [0.89, 0.92, 0.90])       # sign flips
+    assert not u.is_finding([0.9, 0.95, 0.99], [0.85, 0.90, 0.98])       # gap below the spread
+    with pytest.raises(ValueError, match="at least 3"):
+        u.is_finding([0.9, 0.8], [0.7, 0.6])
+
+
+def test_run_seeds_gives_one_row_per_model_and_variant_with_the_same_recipe():
+    seen = []
+    rows = u.run_seeds({"1x1": lambda: u.PixelClassifier(hidden=4)}, ["shapes", "small"],
+                       seeds=(0, 1, 2), steps=2, batch_size=2, eval_images=4, progress=False,
+                       on_row=seen.append, measure=lambda m, x, y: {"n": len(x)})
+    assert [(r["model"], r["data"]) for r in rows] == [("1x1", "shapes"), ("1x1", "small")]
+    assert seen == rows
+    for r in rows:
+        assert r["steps"] == 2 and r["seeds"] == [0, 1, 2] and len(r["miou"]) == 3
+        assert r["spread"] == pytest.approx(max(r["miou"]) - min(r["miou"]))
+        assert r["measured"] == [{"n": 4}] * 3
+    again = u.run_seeds({"1x1": lambda: u.PixelClassifier(hidden=4)}, ["shapes"],
+                        seeds=(0, 1, 2), steps=2, batch_size=2, eval_images=4, progress=False)
+    assert again[0]["miou"] == rows[0]["miou"]                           # same seeds, same scores
+    with pytest.raises(ValueError, match="unknown data variant"):
+        u.run_seeds({"1x1": u.PixelClassifier}, ["nope"], steps=1, progress=False)
+
+
+def test_attention_scale_and_detach_read_options():
+    torch.manual_seed(0)
+    gated = u.LatentSegNet(attention_scale=0.0)
+    torch.manual_seed(0)
+    plain = u.LatentSegNet()
+    x, y = small_batch(2, 32)
+    scales = [b.attention_scale for b in gated.writes]
+    assert all(float(s.detach().abs().max()) == 0.0 for s in scales)
+    gated.training_loss(x, y).backward()
+    assert all(s.grad is not None and float(s.grad.abs().sum()) > 0 for s in scales)
+    # detach_read: no gradient reaches the encoder through the latents' read
+    torch.manual_seed(0)
+    detached = u.LatentSegNet(detach_read=True, local_loss=0)
+    torch.manual_seed(0)
+    attached = u.LatentSegNet(local_loss=0)
+    detached.load_state_dict(attached.state_dict())
+    detached.eval(), attached.eval()
+    assert torch.allclose(detached(x), attached(x))          # same forward pass
+    grads = []
+    for model in (detached, attached):
+        model.zero_grad()
+        model(x).sum().backward()
+        grads.append(model.down[-1][0].weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+    assert plain.config["attention_scale"] is None and plain.config["detach_read"] is False

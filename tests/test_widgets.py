@@ -297,6 +297,7 @@ def test_uses_only_the_api_shared_by_ipywidgets_7_and_8(browse_data):
     assert "description_tooltip" not in Path(uw.__file__).read_text()
 
 
+@pytest.mark.slow
 def test_widget_tests_pass_under_ipywidgets_7_7_1():
     """Colab's ipywidgets 7.7.1: rerun this file in the environment .ci/run builds for it."""
     python = os.environ.get("LATENTSEG_WIDGETS77_PYTHON")

@@ -1,0 +1,264 @@
+"""Robustness of the series' final model: every model on every data variant, over seeds.
+
+    python benchmarks/robustness.py                       # the full grid on the test sets
+    python benchmarks/robustness.py --split validation    # the grid that design choices use
+    python benchmarks/robustness.py --models final twin final-scale0 --variants shapes small
+    python benchmarks/robustness.py --smoke               # a tiny run (what the tests run)
+    python benchmarks/robustness.py --merge a.json b.json # one results file from parallel runs
+
+Every model trains with the same recipe (`u.run_seeds`: `u.train`'s AdamW, cosine schedule,
+batch 16, 64 px, the same steps) on each data variant of `u.DATA_VARIANTS`, once per seed, and
+is scored on that variant's fixed validation or test set (`u.make_split`). The tutorial's model
+and the 1x1 baseline run on the shapes data only. For models with attention the script also
+measures a mean-ablation (each attention output replaced by its mean over the evaluation set)
+and, where the model has one, the learned attention scale.
+
+It writes robustness_<split>.json (per-seed scores, mean, spread = max - min, worst seed, the
+machine), robustness_<split>.md and robustness_<split>.png (a strip plot) to --out, saving the
+JSON after every row so an interrupted run keeps what it measured, and prints the gates as
+PASS/MISS lines. Nothing here asserts on time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import sys
+
+import torch
+
+import latentseg_utils as u
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _small_unet():
+    """train_budget.py's 4-level UNet baseline (loaded by path: one definition of it)."""
+    spec = importlib.util.spec_from_file_location("train_budget", os.path.join(HERE, "train_budget.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SmallUNet
+
+
+MODELS = {
+    "final": (lambda: u.LatentSegNet(), "u.LatentSegNet()"),
+    "twin": (lambda: u.LatentSegNet(attention=False), "u.LatentSegNet(attention=False)"),
+    "unet": (lambda: _small_unet()(), "SmallUNet() of benchmarks/train_budget.py"),
+    "tutorial": (lambda: u.SegmentationModel(num_classes=4), "u.SegmentationModel(num_classes=4)"),
+    "pixel-1x1": (lambda: u.PixelClassifier(), "u.PixelClassifier()"),
+    # Candidates for the final model's defaults (each one option of LatentSegNet):
+    "final-scale0": (lambda: u.LatentSegNet(attention_scale=0.0),
+                     "u.LatentSegNet(attention_scale=0.0)"),
+    "final-detach": (lambda: u.LatentSegNet(detach_read=True), "u.LatentSegNet(detach_read=True)"),
+    "final-scale0-detach": (lambda: u.LatentSegNet(attention_scale=0.0, detach_read=True),
+                            "u.LatentSegNet(attention_scale=0.0, detach_read=True)"),
+}
+SHAPES_ONLY = ("tutorial", "pixel-1x1")
+DEFAULT_MODELS = ("final", "twin", "unet", "tutorial", "pixel-1x1")
+COLORS = {"final": "#0072B2", "twin": "#56B4E9", "unet": "#D55E00", "tutorial": "#E69F00",
+          "pixel-1x1": "#999999", "final-scale0": "#009E73", "final-detach": "#CC79A7",
+          "final-scale0-detach": "#F0E442"}   # Okabe-Ito
+
+
+def attention_measures(model, images, labels) -> dict:
+    """mIoU with every write block's attention output replaced by its mean over the
+    evaluation set (per token position), and the learned attention scales' mean |value|."""
+    if not getattr(model, "use_attention", False):
+        return {}
+    layers = [block.attention for block in model.writes]
+    sums, count = [None] * len(layers), [0]
+
+    def collect(i):
+        def hook(module, inputs, output):
+            total = output[0].sum(0)
+            sums[i] = total if sums[i] is None else sums[i] + total
+            if i == 0:
+                count[0] += output[0].shape[0]
+        return hook
+
+    def replace(i):
+        def hook(module, inputs, output):
+            return (sums[i].div(count[0]).expand_as(output[0]), output[1])
+        return hook
+
+    handles = [layer.register_forward_hook(collect(i)) for i, layer in enumerate(layers)]
+    try:
+        u.predict(model, images)
+    finally:
+        for h in handles:
+            h.remove()
+    handles = [layer.register_forward_hook(replace(i)) for i, layer in enumerate(layers)]
+    try:
+        ablated = u.evaluate(model, images, labels)["miou"]
+    finally:
+        for h in handles:
+            h.remove()
+    scales = [block.attention_scale.detach().abs().mean().item() for block in model.writes
+              if hasattr(block, "attention_scale")]
+    return {"mean_ablated_miou": ablated, "attention_scale": scales or None}
+
+
+def gates(rows: "list[dict]") -> "list[tuple[bool, str]]":
+    """The robustness issue's gates, as (passed, line), from rows of one split."""
+    by = {(r["model"], r["data"]): r for r in rows}
+    out = []
+    for variant in u.DATA_VARIANTS:
+        final, twin = by.get(("final", variant)), by.get(("twin", variant))
+        if final is None or twin is None:
+            continue
+        gap = final["mean"] - twin["mean"]
+        if variant in u.LONG_RANGE_VARIANTS:
+            out.append((gap >= 0.10, f"{variant}: final at least its twin + 0.10: "
+                                     f"{final['mean']:.3f} vs {twin['mean']:.3f} ({gap:+.3f})"))
+        else:
+            out.append((gap >= -0.02, f"{variant}: final at least its twin - 0.02: "
+                                      f"{final['mean']:.3f} vs {twin['mean']:.3f} ({gap:+.3f})"))
+            low = final["mean"] - final["worst"]
+            out.append((low <= 0.05, f"{variant}: no seed more than 0.05 below the final's mean: "
+                                     f"worst {final['worst']:.3f}, mean {final['mean']:.3f} "
+                                     f"({low:.3f} below)"))
+    if ("final", "shapes") in by:
+        mean = by[("final", "shapes")]["mean"]
+        out.append((mean >= 0.90, f"shapes: final mIoU at least 0.90: {mean:.3f}"))
+    return out
+
+
+def write_markdown(rows, path, args) -> None:
+    lines = [f"Robustness grid, {args.split} sets, {args.steps} steps, seeds {args.seeds} "
+             f"(`python benchmarks/robustness.py --split {args.split}`)", "",
+             "| data | model | mIoU per seed | mean | spread | worst | mean-ablated |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ablated = [m.get("mean_ablated_miou") for m in r.get("measured", []) if m]
+        ablated_text = f"{sum(ablated) / len(ablated):.3f}" if ablated else ""
+        lines.append(f"| {r['data']} | {r['model']} | {', '.join(f'{s:.3f}' for s in r['miou'])} "
+                     f"| {r['mean']:.3f} | {r['spread']:.3f} | {r['worst']:.3f} | {ablated_text} |")
+    lines += ["", "Gates:", ""] + [f"- **{'PASS' if ok else 'MISS'}** {line}"
+                                    for ok, line in gates(rows)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_plot(rows, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    variants = [v for v in u.DATA_VARIANTS if any(r["data"] == v for r in rows)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, ax = plt.subplots(figsize=(1.4 * len(variants) + 2, 3.6), dpi=80)
+    width = 0.8 / max(1, len(models))
+    for j, model in enumerate(models):
+        for i, variant in enumerate(variants):
+            row = next((r for r in rows if r["model"] == model and r["data"] == variant), None)
+            if row is None:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            ax.scatter([x] * len(row["miou"]), row["miou"], s=14, color=COLORS.get(model, "k"),
+                       label=model if i == variants.index(row["data"]) and
+                       not any(line.get_label() == model for line in ax.collections[:-1]) else None)
+            ax.hlines(row["mean"], x - width / 2, x + width / 2, color=COLORS.get(model, "k"))
+    ax.set_xticks(range(len(variants)), variants, rotation=20)
+    ax.set_ylabel("mIoU (one dot per seed, line = mean)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Every model on every data variant, over seeds")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
+    parser.add_argument("--variants", nargs="+", default=list(u.DATA_VARIANTS),
+                        choices=list(u.DATA_VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--split", choices=["validation", "test"], default="test")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (for several runs side by side)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="combine the results files of runs made side by side (same split, "
+                             "steps and seeds) into one, instead of training")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run: 2 steps, seeds 0 1 2, batch 2, 8 evaluation images, "
+                             "final, twin and tutorial on shapes and corner_key (for the tests)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"argument --steps: {args.steps} must be at least 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"argument --seeds: {args.seeds} repeats a seed")
+    if args.smoke:
+        args.steps, args.seeds = 2, [0, 1, 2]
+        args.models, args.variants = ["final", "twin", "tutorial"], ["shapes", "corner_key"]
+    return args
+
+
+def merge(args) -> int:
+    """One results file (and its table and plot) from several runs' files."""
+    parts = [json.load(open(path)) for path in args.merge]
+    first = parts[0]
+    for part, path in zip(parts, args.merge):
+        if (part["split"], part["steps"], part["seeds"]) != (first["split"], first["steps"],
+                                                             first["seeds"]):
+            print(f"robustness.py: error: {path} has another split, steps or seeds than "
+                  f"{args.merge[0]}; merge only runs of one grid", file=sys.stderr)
+            return 2
+    args.split, args.steps, args.seeds = first["split"], first["steps"], first["seeds"]
+    rows = [row for part in parts for row in part["results"]]
+    meta = {**first, "command": " + ".join(p["command"] for p in parts),
+            "run": f"{len(parts)} processes side by side, merged",
+            "models": {k: v for p in parts for k, v in p["models"].items()}}
+    stem = os.path.join(args.out, f"robustness_{args.split}")
+    with open(stem + ".json", "w") as f:
+        json.dump({**meta, "results": rows}, f, indent=1)
+    write_markdown(rows, stem + ".md", args)
+    write_plot(rows, stem + ".png")
+    print(open(stem + ".md").read())
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.merge:
+        return merge(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stem = os.path.join(args.out, f"robustness_{args.split}{'_smoke' if args.smoke else ''}")
+    device = u.get_device()
+    meta = {"command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+            "device": str(device), "torch": torch.__version__, "split": args.split,
+            "steps": args.steps, "seeds": args.seeds, "threads": torch.get_num_threads(),
+            "run": "sequential, one process",
+            "models": {m: MODELS[m][1] for m in args.models}}
+    rows: list = []
+
+    def save(row):
+        rows.append(row)
+        with open(stem + ".json", "w") as f:
+            json.dump({**meta, "results": rows}, f, indent=1)
+
+    train_options = {"batch_size": 2, "eval_images": 8} if args.smoke else {}
+    for variant in args.variants:
+        models = {m: MODELS[m][0] for m in args.models
+                  if variant == "shapes" or m not in SHAPES_ONLY}
+        u.run_seeds(models, [variant], seeds=tuple(args.seeds), split=args.split,
+                    steps=args.steps, on_row=save, device=device, measure=attention_measures,
+                    **train_options)
+    write_markdown(rows, stem + ".md", args)
+    write_plot(rows, stem + ".png")
+    print(open(stem + ".md").read())
+    print("wrote", stem + ".json,", stem + ".md,", stem + ".png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
