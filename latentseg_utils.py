@@ -275,10 +275,10 @@ class AttentionBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 2, attention: bool = True,
-                 attention_scale: Optional[float] = None):
+                 attention_scale: Optional[float] = None, detach_query: bool = False):
         super().__init__()
         _check_heads(dim, num_heads)
-        self.use_attention = attention
+        self.use_attention, self.detach_query = attention, detach_query
         if attention:
             self.norm_x = nn.LayerNorm(dim)
             self.norm_context = nn.LayerNorm(dim)
@@ -291,11 +291,13 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
                 return_attention: bool = False):
-        """x [B, M, dim], context [B, N, dim] -> x [B, M, dim] (and weights [B, heads, M, N])."""
+        """x [B, M, dim], context [B, N, dim] -> x [B, M, dim] (and weights [B, heads, M, N]).
+        With detach_query set, the attention's queries carry no gradient back into x."""
         weights = None
         if self.use_attention:
             context = self.norm_context(context)
-            attended, weights = self.attention(self.norm_x(x), context, context,
+            query = x.detach() if self.detach_query else x
+            attended, weights = self.attention(self.norm_x(query), context, context,
                                                need_weights=return_attention,
                                                average_attn_weights=False)
             if hasattr(self, "attention_scale"):
@@ -330,8 +332,9 @@ class LatentSegNet(nn.Module):
       attention      False removes every attention layer (the pixel path alone; the MLPs stay)
       attention_scale None, or the start value of a learned per-channel scale on what the
                      pixels read from the latents (0: the model starts as its no-attention twin)
-      detach_read    True: the latents read the tokens without sending gradient back into the
-                     encoder (the convolutions learn only through the pixel path)
+      detach_attention  True: the attention reads the encoder's tokens (the latents' keys and
+                     values, the pixels' queries) without sending gradient back into the
+                     encoder, so the convolutions learn only through the pixel path
 
     [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 4)
 
@@ -343,7 +346,7 @@ class LatentSegNet(nn.Module):
                  positions: bool = True, refine: bool = True, attention: bool = True,
                  local_loss: float = 0.5, encoder_depth: int = 2,
                  stem_dim: int = 8, refine_dim: int = 16,
-                 attention_scale: Optional[float] = None, detach_read: bool = False):
+                 attention_scale: Optional[float] = None, detach_attention: bool = False):
         super().__init__()
         _check_positive(in_channels=in_channels, feature_dim=feature_dim,
                         num_latents=num_latents, rounds=rounds, stem_dim=stem_dim,
@@ -359,9 +362,9 @@ class LatentSegNet(nn.Module):
                            refine=refine, attention=attention,
                            stem_dim=stem_dim, refine_dim=refine_dim, local_loss=local_loss,
                            encoder_depth=encoder_depth, attention_scale=attention_scale,
-                           detach_read=detach_read)
+                           detach_attention=detach_attention)
         self.in_channels, self.num_classes = in_channels, num_classes
-        self.detach_read = detach_read
+        self.detach_attention = detach_attention
         self.use_positions, self.use_refine, self.use_attention = positions, refine, attention
         self.local_loss = float(local_loss)
         D = feature_dim
@@ -376,7 +379,8 @@ class LatentSegNet(nn.Module):
             self.latents = nn.Parameter(torch.randn(num_latents, D) * 0.02)
             self.reads = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
         self.writes = nn.ModuleList(AttentionBlock(D, num_heads, attention=attention,
-                                                   attention_scale=attention_scale)
+                                                   attention_scale=attention_scale,
+                                                   detach_query=detach_attention)
                                     for _ in range(rounds))
         self.norm_out = nn.LayerNorm(D)
         if local_loss > 0:
@@ -412,7 +416,7 @@ class LatentSegNet(nn.Module):
         latents = self.latents.expand(B, -1, -1) if self.use_attention else None
         for i, write in enumerate(self.writes):
             if self.use_attention:
-                context = tokens.detach() if self.detach_read else tokens
+                context = tokens.detach() if self.detach_attention else tokens
                 latents = apply(self.reads[i], latents, context, "latent")  # latents read pixels
             tokens = apply(write, tokens, latents, "pixel")                # pixels read latents
         features = self.norm_out(tokens).transpose(1, 2).reshape(B, D, h, w)

@@ -52,9 +52,10 @@ MODELS = {
     # Candidates for the final model's defaults (each one option of LatentSegNet):
     "final-scale0": (lambda: u.LatentSegNet(attention_scale=0.0),
                      "u.LatentSegNet(attention_scale=0.0)"),
-    "final-detach": (lambda: u.LatentSegNet(detach_read=True), "u.LatentSegNet(detach_read=True)"),
-    "final-scale0-detach": (lambda: u.LatentSegNet(attention_scale=0.0, detach_read=True),
-                            "u.LatentSegNet(attention_scale=0.0, detach_read=True)"),
+    "final-detach": (lambda: u.LatentSegNet(detach_attention=True),
+                     "u.LatentSegNet(detach_attention=True)"),
+    "final-scale0-detach": (lambda: u.LatentSegNet(attention_scale=0.0, detach_attention=True),
+                            "u.LatentSegNet(attention_scale=0.0, detach_attention=True)"),
 }
 SHAPES_ONLY = ("tutorial", "pixel-1x1")
 DEFAULT_MODELS = ("final", "twin", "unet", "tutorial", "pixel-1x1")

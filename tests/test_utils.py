@@ -521,7 +521,7 @@ def test_run_seeds_gives_one_row_per_model_and_variant_with_the_same_recipe():
         u.run_seeds({"1x1": u.PixelClassifier}, ["nope"], steps=1, progress=False)
 
 
-def test_attention_scale_and_detach_read_options():
+def test_attention_scale_and_detach_attention_options():
     torch.manual_seed(0)
     gated = u.LatentSegNet(attention_scale=0.0)
     torch.manual_seed(0)
@@ -531,9 +531,9 @@ def test_attention_scale_and_detach_read_options():
     assert all(float(s.detach().abs().max()) == 0.0 for s in scales)
     gated.training_loss(x, y).backward()
     assert all(s.grad is not None and float(s.grad.abs().sum()) > 0 for s in scales)
-    # detach_read: no gradient reaches the encoder through the latents' read
+    # detach_attention: no gradient reaches the encoder through the attention
     torch.manual_seed(0)
-    detached = u.LatentSegNet(detach_read=True, local_loss=0)
+    detached = u.LatentSegNet(detach_attention=True, local_loss=0)
     torch.manual_seed(0)
     attached = u.LatentSegNet(local_loss=0)
     detached.load_state_dict(attached.state_dict())
@@ -545,4 +545,4 @@ def test_attention_scale_and_detach_read_options():
         model(x).sum().backward()
         grads.append(model.down[-1][0].weight.grad.clone())
     assert not torch.allclose(grads[0], grads[1])
-    assert plain.config["attention_scale"] is None and plain.config["detach_read"] is False
+    assert plain.config["attention_scale"] is None and plain.config["detach_attention"] is False
