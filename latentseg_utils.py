@@ -34,7 +34,8 @@ __all__ = [
     "confusion_matrix", "per_class_iou", "mean_iou", "pixel_accuracy",
     "get_device", "train", "evaluate", "predict", "seed_summary", "is_finding", "run_seeds", "save_checkpoint", "load_checkpoint",
     "CLASS_COLORS", "class_colormap", "plot_samples", "plot_predictions", "plot_history",
-    "plot_attention",
+    "plot_attention", "MaskLatentSegNet", "semantic_scores", "segments_of", "match_segments",
+    "mask_classification_loss", "predict_instances", "panoptic_quality", "claims",
 ]
 
 
@@ -539,7 +540,8 @@ def _add_key(images: torch.Tensor, labels: torch.Tensor, kinds: torch.Tensor,
 def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
                       seed: "int | torch.Generator | None" = None, max_objects: int = 3,
                       radius_range: tuple = (0.14, 0.25), noise: float = 0.08,
-                      key: "bool | str" = False, contrast: tuple = (0.25, 0.75)):
+                      key: "bool | str" = False, contrast: tuple = (0.25, 0.75),
+                      instances: bool = False):
     """The series' learnable data: circles, squares and triangles on a coloured background.
 
     Every object and every background gets a random colour (each channel at least 0.25
@@ -555,7 +557,9 @@ def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
     DATA_VARIANTS names the settings the series tests on.
 
     Returns images [B, 3, H, W] (float, roughly [0, 1]) and labels [B, H, W] (int64,
-    0 = background, 1 = circle, 2 = square, 3 = triangle; see CLASS_NAMES).
+    0 = background, 1 = circle, 2 = square, 3 = triangle; see CLASS_NAMES). With
+    instances=True also an instance map [B, H, W] (int64): 0 where the label is background,
+    else the id (1..max_objects) of the object seen at that pixel; each id has one class.
 
     Taught in notebook 04, section "2. A data set with something to learn".
     """
@@ -597,6 +601,8 @@ def make_shapes_batch(batch_size: int = 16, image_size: int = 64,
         images, labels = _add_key(images, labels, kinds, num_objects, g,
                                   "swatch" if key == "swatch" else "frame")
     images = images + noise * torch.randn(B, 3, S, S, generator=g)
+    if instances:
+        return images, labels.long(), torch.where(labels > 0, top, 0).long()
     return images, labels.long()
 
 
@@ -623,34 +629,38 @@ def _variant_options(variant: str) -> dict:
     return DATA_VARIANTS[variant]
 
 
-def variant_data(variant: str) -> Callable:
-    """A data function for `train`: (batch_size, image_size, seed) -> a batch of `variant`.
+def variant_data(variant: str, instances: bool = False) -> Callable:
+    """A data function for `train`: (batch_size, image_size, seed) -> a batch of `variant`
+    (with instances=True: images, labels and instance maps, for the mask head).
 
     Taught in notebook 04, section "2. A data set with something to learn".
     """
     options = _variant_options(variant)
 
     def data(batch_size: int, image_size: int, seed=None):
-        return make_shapes_batch(batch_size, image_size, seed=seed, **options)
+        return make_shapes_batch(batch_size, image_size, seed=seed, instances=instances,
+                                 **options)
 
     data.__name__ = f"variant_data_{variant}"
     return data
 
 
 def make_split(variant: str = "shapes", split: str = "test", num_images: int = 256,
-               image_size: int = 64):
+               image_size: int = 64, instances: bool = False):
     """A fixed evaluation set of a data variant: split="validation" for design choices,
     split="test" for reported scores (no choice looks at it). The shapes test set is
     make_heldout_set()'s. Same images on every call.
 
-    Returns images [num_images, 3, H, W] and labels [num_images, H, W].
+    Returns images [num_images, 3, H, W] and labels [num_images, H, W] (and, with
+    instances=True, instance maps [num_images, H, W]).
 
     Taught in notebook 04, section "2. A data set with something to learn".
     """
     seeds = {"test": HELDOUT_SEED, "validation": VALIDATION_SEED}
     if split not in seeds:
         raise ValueError(f"split={split!r}: use 'validation' (for choices) or 'test' (for scores).")
-    return make_shapes_batch(num_images, image_size, seed=seeds[split], **_variant_options(variant))
+    return make_shapes_batch(num_images, image_size, seed=seeds[split], instances=instances,
+                             **_variant_options(variant))
 
 
 def make_heldout_set(num_images: int = 256, image_size: int = 64, **shape_options):
@@ -796,11 +806,12 @@ def _lr_schedule(optimizer, steps: int, schedule: str):
 
 
 def _training_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor,
-                   labels: torch.Tensor) -> torch.Tensor:
-    """One optimiser step on one batch; the model's own training_loss if it has one, else
-    cross-entropy. Returns the loss (before the step)."""
+                   labels: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on one batch; the model's own training_loss if it has one (given
+    any extra targets the data returned, such as instance maps), else cross-entropy.
+    Returns the loss (before the step)."""
     if hasattr(model, "training_loss"):
-        loss = model.training_loss(images, labels)
+        loss = model.training_loss(images, labels, *extra)
     else:
         loss = F.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
@@ -817,7 +828,8 @@ def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 
           device: "torch.device | str | None" = None, progress: bool = True) -> dict:
     """Train `model` in place with AdamW and cross-entropy on fresh batches from `data`.
 
-    data(batch_size, image_size, seed=generator) -> (images [B, C, H, W], labels [B, H, W]).
+    data(batch_size, image_size, seed=generator) -> (images [B, C, H, W], labels [B, H, W])
+    (and any extra targets, e.g. instance maps, which go to the model's training_loss).
     heldout = (images, labels) is evaluated every `eval_every` steps and at the end.
     schedule: "cosine" (short linear warm-up, then cosine decay to 0) or "constant".
     callback(step, history), if given, is called after every step (for live plots).
@@ -849,10 +861,11 @@ def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 
     bar = tqdm(range(steps), desc="training", disable=not progress, leave=True)
     try:
         for step in bar:
-            images, labels = data(batch_size, image_size, seed=generator)
+            images, labels, *extra = data(batch_size, image_size, seed=generator)
             if step == 0:
                 _check_labels(labels, model.num_classes)
-            loss = _training_step(model, optimizer, scheduler, images.to(device), labels.to(device))
+            loss = _training_step(model, optimizer, scheduler, images.to(device), labels.to(device),
+                                  *(t.to(device) for t in extra))
             history["step"].append(step + 1)
             history["loss"].append(loss.item())
             history["steps_done"] = step + 1
@@ -934,7 +947,8 @@ def run_seeds(models: "dict[str, Callable[[], nn.Module]]", variants: "list[str]
             for seed in seeds:
                 torch.manual_seed(seed)
                 model = build()
-                history = train(model, steps=steps, seed=seed, data=variant_data(variant),
+                data = variant_data(variant, instances=getattr(model, "wants_instances", False))
+                history = train(model, steps=steps, seed=seed, data=data,
                                 progress=False, device=device, **train_options)
                 scores.append(evaluate(model, *evaluation)["miou"])
                 seconds += history["seconds"]
@@ -954,7 +968,7 @@ def run_seeds(models: "dict[str, Callable[[], nn.Module]]", variants: "list[str]
     return rows
 
 
-_MODEL_CLASSES = {cls.__name__: cls for cls in (SegmentationModel, LatentSegNet, PixelClassifier)}
+_MODEL_CLASSES = {}   # filled at the end of the module, once every model class is defined
 _CHECKPOINT_FORMAT = "latentseg-checkpoint-1"
 
 
@@ -1196,3 +1210,287 @@ def plot_attention(image: torch.Tensor, attention: torch.Tensor, title: str = ""
     fig.suptitle(title or "Where each latent looks (attention weight per pixel)")
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------
+# 7. Latents that become segments (MaskFormer's mask classification on our latents):
+#    the mask head, matching, its losses, instance inference, panoptic quality.
+# ---------------------------------------------------------------------------
+
+class MaskLatentSegNet(nn.Module):
+    """Mask classification on the series' encoder and latents (MaskFormer's head).
+
+    The encoder and the latents that read the pixels are LatentSegNet's; the latents also
+    read each other (self-attention, so two of them can agree not to take the same object).
+    Each refined latent then predicts a class, one of num_classes (background included, as a
+    "stuff" segment) or "no object" (index num_classes), and a mask: the dot product of its
+    embedding with per-pixel embeddings at full resolution. A latent *is* a segment.
+
+    forward: [B, in_channels, H, W] -> semantic log-scores [B, num_classes, H, W], formed as
+    MaskFormer does (sum over latents of class probability times mask probability), so
+    `predict`, `evaluate` and `train` work unchanged. predict_masks gives the parts:
+    class logits [B, K, num_classes + 1] and mask logits [B, K, H, W].
+    training_loss(images, labels, instances): Hungarian matching of latents to the image's
+    segments, class cross-entropy ("no object" down-weighted by no_object_weight), mask
+    binary cross-entropy and dice loss.
+
+    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
+    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    """
+
+    wants_instances = True   # run_seeds trains it on data with instance maps
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, feature_dim: int = 64,
+                 num_latents: int = 16, num_heads: int = 4, rounds: int = 2, mask_dim: int = 32,
+                 stem_dim: int = 8, no_object_weight: float = 0.1, class_weight: float = 2.0,
+                 mask_weight: float = 5.0, dice_weight: float = 5.0):
+        super().__init__()
+        _check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
+                        rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
+        _check_heads(feature_dim, num_heads)
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes.")
+        self.config = dict(in_channels=in_channels, num_classes=num_classes,
+                           feature_dim=feature_dim, num_latents=num_latents, num_heads=num_heads,
+                           rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim,
+                           no_object_weight=no_object_weight, class_weight=class_weight,
+                           mask_weight=mask_weight, dice_weight=dice_weight)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        D = feature_dim
+        self.stem = _conv_bn_relu(in_channels, stem_dim)
+        self.down = nn.Sequential(nn.MaxPool2d(2), _conv_bn_relu(stem_dim, D // 2),
+                                  _conv_bn_relu(D // 2, D // 2), nn.MaxPool2d(2),
+                                  _conv_bn_relu(D // 2, D), _conv_bn_relu(D, D))     # stride 4
+        self.position_proj = nn.Linear(16, D)
+        self.latents = nn.Parameter(torch.randn(num_latents, D))
+        self.reads = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
+        self.talks = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
+        self.norm_latents = nn.LayerNorm(D)
+        self.class_head = nn.Linear(D, num_classes + 1)                   # last: "no object"
+        self.mask_embed = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, mask_dim))
+        self.pixel_proj = nn.Conv2d(D, mask_dim, 1)
+        self.pixel_refine = nn.Sequential(_conv_bn_relu(mask_dim + stem_dim, mask_dim),
+                                          nn.Conv2d(mask_dim, mask_dim, 1))
+
+    def predict_masks(self, x: torch.Tensor):
+        """-> class logits [B, K, num_classes + 1], mask logits [B, K, H, W]."""
+        _check_images(x, self.in_channels)
+        H, W = x.shape[-2:]
+        stem = self.stem(x)
+        local = self.down(stem)                                            # [B, D, h, w]
+        B, D, h, w = local.shape
+        tokens = local.flatten(2).transpose(1, 2) + \
+            self.position_proj(fourier_positions(h, w, device=x.device))   # [B, N, D]
+        latents = self.latents.expand(B, -1, -1)
+        for read, talk in zip(self.reads, self.talks):
+            latents = talk(read(latents, tokens), latents)                 # read pixels, then each other
+        latents = self.norm_latents(latents)                               # [B, K, D]
+        up = F.interpolate(self.pixel_proj(local), size=(H, W), mode="bilinear",
+                           align_corners=False)
+        pixels = self.pixel_refine(torch.cat([up, stem], dim=1))           # [B, E, H, W]
+        masks = torch.einsum("bke,behw->bkhw", self.mask_embed(latents), pixels)
+        return self.class_head(latents), masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        classes, masks = self.predict_masks(x)
+        return semantic_scores(classes, masks).clamp(min=1e-6).log()
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
+                      instances: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if instances is None:
+            raise ValueError("MaskLatentSegNet learns from instance maps: train it on data that "
+                             "returns them, e.g. u.variant_data('shapes', instances=True).")
+        classes, masks = self.predict_masks(images)
+        return mask_classification_loss(classes, masks, labels, instances, self.config)
+
+
+def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """MaskFormer's semantic inference: score[c] = sum over latents of P(class c) * sigmoid(mask).
+    class_logits [B, K, C + 1] (last = "no object"), mask_logits [B, K, H, W] -> [B, C, H, W].
+
+    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
+    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    """
+    probabilities = class_logits.softmax(-1)[..., :-1]
+    return torch.einsum("bkc,bkhw->bchw", probabilities, mask_logits.sigmoid())
+
+
+def segments_of(labels: torch.Tensor, instances: torch.Tensor):
+    """One image's segments: the background region (class 0) if present, then each object.
+    labels, instances [H, W] -> (classes [S] int64, masks [S, H, W] bool).
+
+    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
+    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    """
+    classes, masks = [], []
+    if (labels == 0).any():
+        classes.append(0)
+        masks.append(labels == 0)
+    for k in instances.unique().tolist():
+        if k > 0:
+            mask = instances == k
+            classes.append(int(labels[mask][0]))
+            masks.append(mask)
+    return torch.tensor(classes, dtype=torch.long), torch.stack(masks)
+
+
+def match_segments(cost: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Hungarian matching: cost [K, S] (K >= S) -> (latent indices, segment indices), each
+    segment given the latent that makes the total cost smallest (scipy's
+    linear_sum_assignment, an exact solver).
+
+    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
+    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    """
+    from scipy.optimize import linear_sum_assignment
+    if cost.shape[0] < cost.shape[1]:
+        raise ValueError(f"{cost.shape[1]} segments but only {cost.shape[0]} latents: "
+                         "build the model with more latents (num_latents).")
+    rows, cols = linear_sum_assignment(cost.detach().cpu().numpy())
+    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+
+
+def _dice(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice loss of every prediction against every target: [K, P], [S, P] -> [K, S]."""
+    overlap = probabilities @ targets.T
+    return 1 - (2 * overlap + 1) / (probabilities.sum(-1)[:, None] + targets.sum(-1)[None, :] + 1)
+
+
+def mask_classification_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor,
+                             labels: torch.Tensor, instances: torch.Tensor,
+                             weights: dict) -> torch.Tensor:
+    """MaskFormer's loss: per image, match latents to segments (Hungarian, on class
+    probability, mask BCE and dice), then class cross-entropy over all latents (unmatched ones
+    toward "no object", down-weighted) plus mask BCE and dice over the matched pairs.
+
+    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
+    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    """
+    B, K, C1 = class_logits.shape
+    class_targets = torch.full((B, K), C1 - 1, dtype=torch.long, device=class_logits.device)
+    mask_losses = []
+    for b in range(B):
+        classes, masks = segments_of(labels[b], instances[b])
+        classes, targets = classes.to(class_logits.device), masks.flatten(1).float()
+        logits = mask_logits[b].flatten(1)                                  # [K, P]
+        with torch.no_grad():
+            cost = (-weights["class_weight"] * class_logits[b].softmax(-1)[:, classes]
+                    + weights["mask_weight"] * F.binary_cross_entropy_with_logits(
+                        logits[:, None].expand(-1, len(classes), -1), targets[None].expand(K, -1, -1),
+                        reduction="none").mean(-1)
+                    + weights["dice_weight"] * _dice(logits.sigmoid(), targets))
+        rows, cols = match_segments(cost)
+        class_targets[b, rows] = classes[cols]
+        matched, wanted = logits[rows], targets[cols]
+        mask_losses.append(weights["mask_weight"] * F.binary_cross_entropy_with_logits(
+            matched, wanted) + weights["dice_weight"] * _dice(matched.sigmoid(), wanted).diag().mean())
+    class_weights = torch.ones(C1, device=class_logits.device)
+    class_weights[-1] = weights["no_object_weight"]
+    class_loss = F.cross_entropy(class_logits.reshape(B * K, C1), class_targets.reshape(-1),
+                                 weight=class_weights)
+    return weights["class_weight"] * class_loss + torch.stack(mask_losses).mean()
+
+
+@torch.no_grad()
+def predict_instances(model: nn.Module, images: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """A mask head's instance output: each pixel goes to the latent with the highest
+    P(class) * sigmoid(mask) among those whose "no object" probability is below 0.5, if that
+    mask is above 0.5 there. -> (instance map [B, H, W]: 0 = background or unclaimed, else the
+    latent's index + 1; class map [B, H, W]).
+
+    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
+    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    classes, masks = model.predict_masks(images.to(device))
+    probabilities = classes.softmax(-1)
+    score, label = probabilities[..., :-1].max(-1)                        # [B, K]
+    keep = (probabilities[..., -1] < 0.5) & (label > 0)                   # objects, not stuff
+    strength = (score[..., None, None] * masks.sigmoid()) * keep[..., None, None]
+    best, owner = strength.max(1)                                          # [B, H, W]
+    claimed = masks.sigmoid().gather(1, owner[:, None]).squeeze(1) > 0.5
+    claimed &= best > 0
+    instance_map = torch.where(claimed, owner + 1, 0)
+    class_map = torch.where(claimed, label.gather(1, owner.flatten(1)).view_as(owner), 0)
+    return instance_map.cpu(), class_map.cpu()
+
+
+def panoptic_quality(pred_instances: torch.Tensor, pred_labels: torch.Tensor,
+                     true_instances: torch.Tensor, true_labels: torch.Tensor,
+                     num_classes: int = 4) -> dict:
+    """Panoptic quality over the object classes 1..num_classes-1 (background is not scored).
+
+    Inputs are [B, H, W] maps (instance id 0 = none). A predicted and a true segment of the same
+    class match when their IoU is above 0.5 (at most one match each, by construction).
+    Per class: SQ = mean IoU of the matches, RQ = TP / (TP + FP/2 + FN/2), PQ = SQ * RQ;
+    returns {"pq", "sq", "rq"} averaged over the classes that occur, and the counts.
+
+    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
+    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    """
+    tp, fp, fn = [0] * num_classes, [0] * num_classes, [0] * num_classes
+    iou_sum = [0.0] * num_classes
+    for b in range(true_instances.shape[0]):
+        def segments(instances, labels):
+            return {k: (instances[b] == k, int(labels[b][instances[b] == k].mode().values))
+                    for k in instances[b].unique().tolist() if k > 0}
+        predicted = segments(pred_instances, pred_labels)
+        truth = segments(true_instances, true_labels)
+        matched = set()
+        for t_mask, t_class in truth.values():
+            hit = None
+            for p_id, (p_mask, p_class) in predicted.items():
+                if p_class == t_class and p_id not in matched:
+                    iou = (p_mask & t_mask).sum().item() / (p_mask | t_mask).sum().item()
+                    if iou > 0.5:
+                        hit = (p_id, iou)
+            if hit:
+                matched.add(hit[0])
+                tp[t_class] += 1
+                iou_sum[t_class] += hit[1]
+            else:
+                fn[t_class] += 1
+        for p_id, (_, p_class) in predicted.items():
+            if p_id not in matched:
+                fp[p_class] += 1
+    per_class = [(iou_sum[c] / tp[c] if tp[c] else 0.0,
+                  tp[c] / (tp[c] + fp[c] / 2 + fn[c] / 2))
+                 for c in range(1, num_classes) if tp[c] + fp[c] + fn[c] > 0]
+    if not per_class:
+        return {"pq": float("nan"), "sq": float("nan"), "rq": float("nan"), "tp": 0, "fp": 0,
+                "fn": 0}
+    return {"pq": sum(s * r for s, r in per_class) / len(per_class),
+            "sq": sum(s for s, _ in per_class) / len(per_class),
+            "rq": sum(r for _, r in per_class) / len(per_class),
+            "tp": sum(tp), "fp": sum(fp), "fn": sum(fn)}
+
+
+@torch.no_grad()
+def claims(class_logits: torch.Tensor, mask_logits: torch.Tensor,
+           instances: torch.Tensor) -> "list[dict]":
+    """Which latent claims which object: latent k claims object j when its "no object"
+    probability is below 0.5 and its thresholded mask has IoU at least 0.5 with the object.
+    Per image a dict {object id: latent index, -1 if no latent claims it, -2 if several do}.
+
+    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
+    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    """
+    present = class_logits.softmax(-1)[..., -1] < 0.5                    # [B, K]
+    masks = mask_logits.sigmoid() > 0.5                                     # [B, K, H, W]
+    result = []
+    for b in range(instances.shape[0]):
+        owners = {}
+        for j in instances[b].unique().tolist():
+            if j == 0:
+                continue
+            obj = instances[b] == j
+            iou = (masks[b] & obj).flatten(1).sum(1) / (masks[b] | obj).flatten(1).sum(1).clamp(min=1)
+            qualified = ((iou >= 0.5) & present[b]).nonzero().flatten().tolist()
+            owners[j] = qualified[0] if len(qualified) == 1 else (-1 if not qualified else -2)
+        result.append(owners)
+    return result
+
+
+_MODEL_CLASSES.update({cls.__name__: cls for cls in (SegmentationModel, LatentSegNet,
+                                                     PixelClassifier, MaskLatentSegNet)})

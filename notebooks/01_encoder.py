@@ -18,9 +18,9 @@
 #
 # # 01 · The encoder, layer by layer
 #
-# After this notebook you can build the tutorial's `SimpleEncoder` from its four layers, predict
-# the shape after each of them, and compute and draw the part of the image that one of its
-# output cells sees.
+# After this notebook you can build the tutorial's `SimpleEncoder` from its layers (two stages of
+# convolution, ReLU and max-pool), predict the shape after each of them, and compute and draw the
+# part of the image that one of its output cells sees.
 #
 # **Run time:** under 10 seconds on a quiet 2-core CPU. Nothing is trained.
 #
@@ -28,7 +28,7 @@
 # 1. What the tutorial's encoder does to a real image, one layer at a time, with the shape after every layer.
 # 2. Why it shrinks the image by exactly 4, and what that buys and costs (measured).
 # 3. The receptive field of one output cell: computed with a formula, measured with a gradient, drawn on the image.
-# 4. What the 64 feature maps look like before training.
+# 4. What its feature maps look like before training.
 # 5. That your encoder is exactly `latentseg_utils.SimpleEncoder`, the one that later notebooks use.
 #
 # The first code cell is the series' setup. In Colab it installs the series' modules with pip
@@ -62,8 +62,9 @@ if "google.colab" in sys.modules:
 # %% [markdown]
 # The imports, a fixed seed so that every number below is the same on every run, and the device.
 # Nothing in this notebook trains, so everything runs on the CPU whatever `device` says; it is
-# printed so that a bug report says what you ran. `u` is the series' shared module: whatever this
-# notebook builds by hand, `u` holds too, and the notebook ends by checking that the two agree.
+# printed so that a bug report says what you ran. `u` is the series' shared module: the encoder
+# this notebook builds by hand is also `u.SimpleEncoder`, and the notebook ends by checking that
+# the two agree.
 
 # %%
 import torch
@@ -98,15 +99,16 @@ print("classes:", dict(enumerate(u.CLASS_NAMES)))
 
 # %% [markdown]
 # Here they are, drawn with the series' plotting helper. The class colours (Okabe-Ito, safe for
-# colour-blind readers) are defined once in `u.CLASS_COLORS` and used by every figure.
+# colour-blind readers) are defined once in `u.CLASS_COLORS` and used for every label map.
 
 # %%
 u.plot_samples(images, labels, title="Six samples: image (top) and true classes (bottom)")
 plt.show()
 
 # %% [markdown]
-# We follow one image through the encoder: sample 2, which holds all three shapes. The encoder,
-# like every PyTorch layer, expects a batch, so we add a batch dimension of 1.
+# We follow one image through the encoder: sample 2 (counting from 0, so the third column above),
+# which holds all three shapes. The encoder, like every PyTorch layer, expects a batch, so we add a
+# batch dimension of 1.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -254,11 +256,22 @@ for stride in (1, 2, 4, 8):
 
 
 # %% [markdown]
-# Stride 4 turns 4,096 pixels into 256 tokens, so that even full self-attention would stay small.
-# The price is resolution: one token stands for a 4×4 block of pixels. Suppose the model were
-# perfect at the token level and gave each block the class most of its pixels have. How good could
-# its label map be? We measure that ceiling on the series' fixed held-out set (256 images) for
-# several strides, with the series' metrics.
+# Stride 4 turns 4,096 pixels into 256 tokens, so even full self-attention stores 65,536 weights per
+# head instead of 16,777,216. The price is resolution: one token stands for a 4×4 block of pixels.
+# Suppose a model classified every token perfectly, giving it the class that most pixels of its
+# block have, and its decoder copied that class to the whole block. How good would the label map
+# be? `block_labels` below builds that map for several strides, and we score it with the series'
+# two metrics:
+#
+# - **pixel accuracy** (`u.pixel_accuracy`): the share of pixels whose class is right;
+# - **mIoU** (`u.mean_iou`): the IoU (intersection over union) of a class is
+#   |prediction ∩ truth| / |prediction ∪ truth|, the number of pixels that both the prediction and
+#   the truth give that class divided by the number that either gives it; the mIoU is the mean of
+#   the IoUs over the classes.
+#
+# Both count the pixels of the **held-out set**, `u.make_heldout_set()`: a fixed set of 256 images
+# drawn with a seed that no training stream uses, on which every notebook scores its models.
+# Notebook 04 builds the data and this set; notebook 06 studies a trained model's errors.
 
 # %%
 def block_labels(labels, stride, num_classes=4):
@@ -271,16 +284,25 @@ def block_labels(labels, stride, num_classes=4):
 heldout_images, heldout_labels = u.make_heldout_set(256)
 for stride in (1, 2, 4, 8, 16):
     coarse = block_labels(heldout_labels, stride)
-    print(f"stride {stride:>2}: best pixel accuracy {u.pixel_accuracy(coarse, heldout_labels):6.1%}, "
-          f"best mIoU {u.mean_iou(coarse, heldout_labels, 4):.3f}")
+    print(f"stride {stride:>2}: pixel accuracy {u.pixel_accuracy(coarse, heldout_labels):6.1%}, "
+          f"mIoU {u.mean_iou(coarse, heldout_labels, 4):.3f}")
 
 # %% [markdown]
-# At stride 4 even a perfect token classifier that copies each token's class to its 4×4 block
-# loses about a sixth of the mean IoU, almost all of it along the objects' edges; the figure shows
-# where. The tutorial's decoder (notebook 03) upsamples the logits bilinearly rather than copying
-# blocks, so it can do a little better than this ceiling, but the encoder has already mixed
-# each 4×4 block into one vector. Stride 8 would cost much more. Stride 4 is a compromise, and
-# notebook 05 adds a full-resolution path to win the edges back.
+# At stride 4, perfect tokens whose class is copied to their blocks lose about a seventh of the
+# mIoU (0.856 instead of 1.000) but keep a pixel accuracy of 96.8%. All the wrong pixels lie in
+# blocks that straddle a boundary between two classes, since a block of one class is copied
+# exactly. The mIoU falls further than the accuracy because each wrong pixel counts against two
+# classes, and against a shape's small area rather than against all the pixels. The figure shows
+# the maps for sample 2: at stride 4 the edges become 4×4 staircases. Stride 8 costs much more
+# (mIoU 0.742).
+#
+# These numbers belong to the decoder that copies each cell's class to its block, not to stride 4.
+# The tutorial's decoder (notebook 03) upsamples the logits bilinearly: it blends neighbouring
+# cells, so a boundary can fall inside a block, and given perfect stride-4 scores (each block's
+# true class shares) it comes clearly closer to the truth (notebook 05 measures how close). What
+# upsampling cannot undo is that the encoder has already mixed each 4×4 block into one vector.
+# Stride 4 is a compromise, and notebook 05 also adds a full-resolution path around the encoder to
+# sharpen the edges.
 
 # %%
 from matplotlib.patches import Patch
@@ -298,7 +320,7 @@ axes[0].set_ylabel("y (pixels)")
 fig.legend(handles=[Patch(facecolor=c, edgecolor="grey", label=n)
                     for c, n in zip(u.CLASS_COLORS, u.CLASS_NAMES)],
            loc="lower center", ncol=4, frameon=False)
-fig.suptitle("The best label map a model could give with one class per token")
+fig.suptitle("Each block's majority class, copied to the whole block")
 fig.tight_layout(rect=(0, 0.1, 1, 1))
 plt.show()
 
@@ -328,14 +350,16 @@ print(f"one output cell sees {receptive_field}x{receptive_field} pixels; "
 
 
 # %% [markdown]
-# Do not trust a formula you can check. The receptive field depends only on kernel sizes,
+# A formula that can be checked should be. The receptive field depends only on kernel sizes,
 # strides and padding, not on the weights or on ReLU. So we measure it on a stand-in with the
 # same geometry whose weights are all ones, with average pooling in place of max-pooling.
 # (With max-pooling and ReLU the gradient flows only through the winning inputs, so it would
-# light up only part of the field.) Every input pixel inside the field then has a positive gradient, and every other
-# pixel has zero.
+# light up only part of the field.) Every input pixel inside the field then has a positive
+# gradient, and every other pixel has zero.
 #
-# We pick the output cell on the circle's edge that lies nearest the image centre.
+# Which cell? Among the cells whose 4×4 block holds more than one class (cells on an edge), we take
+# the one nearest the centre of the 16×16 grid. For sample 2 that is cell (7, 5), on the
+# triangle's left edge just above its base (drawn below).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -373,15 +397,19 @@ print(f"output cell (0, 0): input rows {top}..{bottom}, columns {left}..{right} 
 # everything the cell can see. Fields of neighbouring cells overlap, since 10 > 4. The faint grid
 # marks the 16×16 cells.
 #
-# The shapes' radii are 10% to 22% of the image side (`radius_range` of `make_shapes_batch`; the
-# title gives them in pixels), so a 10×10 window sees a piece of an edge, not a whole shape. A cell cannot tell a circle from a
-# square on its own. The attention layers of notebooks 02 and 03 have to bring in the context.
+# `radius_range`, a default of `u.make_shapes_batch`, gives the shapes' radii as fractions of the
+# image side: 0.14 to 0.25, that is 9 to 16 pixels here (the next cell prints both, and the
+# figure's title repeats the pixels). Even the smallest shape is wider than 10 pixels, so a 10×10
+# window never holds a whole shape: a cell inside a shape sees plain colour, and a cell on an edge
+# sees a short stretch of it, perhaps with a corner. That is too little to tell a circle from a
+# square reliably; the attention layers of notebooks 02 and 03 have to bring in the context.
 
 # %%
 import inspect
 from matplotlib.patches import Rectangle
 
 low, high = inspect.signature(u.make_shapes_batch).parameters["radius_range"].default
+print(f"radius_range = {(low, high)}: radius {low * 64:.0f} to {high * 64:.0f} pixels in a 64x64 image")
 
 fig, ax = plt.subplots(figsize=(4.8, 5.2))
 ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
@@ -403,11 +431,11 @@ plt.show()
 # ## 5. Feature maps
 #
 # What does the encoder compute? Each of its output channels is a map over the image. The
-# weights are still random, so these are random filters. Even so, random 3×3 filters respond to colour and to
-# colour changes (edges), and that is the raw material that training will shape. The top row
-# shows 8 of the 32 channels after `conv1` and ReLU, at full resolution. The bottom row shows
-# 8 of the 64 channels that leave the encoder, at 16×16. Each map has its own colour scale
-# (dark is low).
+# weights are still random, so these are random filters. Even so, random 3×3 filters respond to
+# colour and to colour changes (edges), and that is the raw material that training will shape. The
+# top row shows the first 8 of the 32 channels after `conv1` and ReLU, at full resolution. The
+# bottom row shows the first 8 of the 64 channels that leave the encoder, at 16×16. Each map has
+# its own colour scale (dark is low).
 
 # %%
 with torch.no_grad():
@@ -433,15 +461,18 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The zeros are a property of the untrained network worth knowing: ReLU zeroes every negative
-# value, and some channels are zero everywhere on this image. Such channels pass nothing on to
-# the attention layers until training moves their filters.
+# Many values are exactly zero, and the cell below counts them. ReLU sets every negative value to
+# zero, and some output channels are zero everywhere on this image. Such a channel passes nothing
+# on to the attention layers for this image, and this image gives its filter no gradient either
+# (ReLU passes none where its output is zero). Training changes it only through the images on
+# which it is active.
 
 # %%
 print(f"values that are zero after conv1 + ReLU: {(stage1 == 0).float().mean():.0%}")
 print(f"values that are zero at the encoder's output: {(stage2 == 0).float().mean():.0%}")
+zero_channels = (stage2.flatten(1).amax(1) == 0).nonzero().flatten().tolist()
 print(f"output channels that are zero everywhere on this image: "
-      f"{int((stage2.flatten(1).amax(1) == 0).sum())} of {stage2.shape[0]}")
+      f"{len(zero_channels)} of {stage2.shape[0]}, channels {zero_channels}")
 
 
 # %% [markdown]
@@ -450,9 +481,13 @@ print(f"output channels that are zero everywhere on this image: "
 # - The tutorial's encoder is two stages of 3×3 convolution, ReLU and 2×2 max-pool:
 #   `[B, 3, H, W] -> [B, 32, H/2, W/2] -> [B, 64, H/4, W/4]`, with 19,392 parameters.
 # - Stride 4 turns a 64×64 image into 256 tokens, which keeps attention cheap. The price is
-#   resolution: even a perfect token classifier loses the edges (measured above), and notebook 05
-#   wins them back.
-# - One output cell sees a 10×10 window (computed, measured, drawn), smaller than most shapes.
+#   resolution: with perfect tokens, a decoder that copies each token's class to its 4×4 block
+#   reaches a held-out mIoU of 0.856, losing pixels only at edges. That is a limit of copying, not
+#   of stride 4: bilinear upsampling (notebook 03) can place a boundary inside a block, and
+#   notebook 05 measures how much that helps and adds a full-resolution path for the edges.
+# - mIoU is the mean over classes of |prediction ∩ truth| / |prediction ∪ truth|, counted over
+#   the pixels of the fixed held-out set `u.make_heldout_set()` (256 images).
+# - One output cell sees a 10×10 window (computed, measured, drawn), smaller than any whole shape.
 #   Telling a circle from a square takes context, which is the job of the attention layers in
 #   notebooks 02 and 03.
 # - Input sizes must be multiples of 4, or the decoder's ×4 upsample does not give back the input's
@@ -577,8 +612,7 @@ print(f"1 channel, feature_dim=128: {encoder_parameters(1, 128):,} parameters")
 #
 # Later notebooks import the encoder from `latentseg_utils`. This cell checks that it is the one you
 # built: the same parameter names and shapes, and, given the same weights, the same output on
-# all six images. If someone changed either of them, this cell would fail, and so would the
-# series' tests.
+# all six images. If the two drifted apart, this cell would fail, and so would the series' tests.
 
 # %%
 # NBVAL_CHECK_OUTPUT

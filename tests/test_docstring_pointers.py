@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-POINTER = re.compile(r'Taught in notebook (\d\d), section "([^"]+)"\.')
+POINTER = re.compile(r'Taught in notebook (\d\d), section "(.+?)"(?:\.|\s*\()', re.S)
 
 
 def public_objects():

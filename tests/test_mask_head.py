@@ -1,0 +1,120 @@
+"""The mask-classification parts of latentseg_utils (MaskFormer's head on the series' latents):
+instance maps, the head's shapes and semantic output, Hungarian matching against brute force,
+the loss, instance inference, panoptic quality on hand-worked cases, and claims."""
+import itertools
+
+import pytest
+import torch
+
+import latentseg_utils as u
+
+
+def test_instance_maps_agree_with_the_class_maps():
+    for variant in ("shapes", "crowded", "frame_key"):
+        x, y, ids = u.make_split(variant, "validation", num_images=32, instances=True)
+        x2, y2 = u.make_split(variant, "validation", num_images=32)
+        assert torch.equal(x, x2) and torch.equal(y, y2)          # same data with or without
+        assert torch.equal(ids > 0, y > 0)
+        for b in range(32):
+            for k in ids[b].unique().tolist():
+                if k:
+                    assert len(y[b][ids[b] == k].unique()) == 1   # one class per object
+    images, labels, instances = u.variant_data("shapes", instances=True)(2, 32, seed=0)
+    assert instances.shape == labels.shape == (2, 32, 32) and instances.dtype == torch.int64
+
+
+def test_touching_objects_of_one_class_stay_separate_instances():
+    _, y, ids = u.make_shapes_batch(256, 64, seed=5, max_objects=8, instances=True)
+    more = sum(len(ids[b].unique()) - 1 > len((y[b] > 0).unique()) - 1 for b in range(256))
+    assert more > 0   # images whose objects outnumber the classes present
+
+
+def test_segments_of_lists_background_then_objects():
+    labels = torch.tensor([[0, 1, 1], [0, 2, 2], [0, 0, 0]])
+    instances = torch.tensor([[0, 3, 3], [0, 5, 5], [0, 0, 0]])
+    classes, masks = u.segments_of(labels, instances)
+    assert classes.tolist() == [0, 1, 2] and masks.shape == (3, 3, 3)
+    assert masks[1].sum() == 2 and masks[0].sum() == 5
+
+
+def test_matching_is_optimal_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        K, S = int(torch.randint(2, 6, (1,), generator=g)), int(torch.randint(1, 4, (1,), generator=g))
+        S = min(S, K)
+        cost = torch.rand(K, S, generator=g)
+        rows, cols = u.match_segments(cost)
+        best = min(sum(cost[p[j], j] for j in range(S)) for p in itertools.permutations(range(K), S))
+        assert len(set(rows.tolist())) == S and sorted(cols.tolist()) == list(range(S))
+        assert float(cost[rows, cols].sum()) == pytest.approx(float(best))
+    with pytest.raises(ValueError, match="more latents"):
+        u.match_segments(torch.rand(2, 3))
+
+
+def test_mask_head_shapes_semantic_output_and_loss_gradients():
+    torch.manual_seed(0)
+    model = u.MaskLatentSegNet(num_latents=8, feature_dim=32, num_heads=2, rounds=1)
+    x, y, ids = u.make_shapes_batch(2, 32, seed=1, instances=True)
+    classes, masks = model.predict_masks(x)
+    assert classes.shape == (2, 8, 5) and masks.shape == (2, 8, 32, 32)
+    scores = u.semantic_scores(classes, masks)
+    expected = sum(classes.softmax(-1)[:, k, :4, None, None] * masks[:, k, None].sigmoid()
+                   for k in range(8))
+    assert torch.allclose(scores, expected, atol=1e-6)
+    assert model(x).shape == (2, 4, 32, 32) and u.predict(model, x).shape == (2, 32, 32)
+    loss = model.training_loss(x, y, ids)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.latents.grad.abs().sum() > 0 and model.stem[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="instance maps"):
+        model.training_loss(x, y)
+
+
+def test_mask_head_learns_with_train_and_saves():
+    torch.manual_seed(0)
+    model = u.MaskLatentSegNet(num_latents=8, feature_dim=32, num_heads=2, rounds=1)
+    history = u.train(model, steps=12, batch_size=4, image_size=32, progress=False,
+                      data=u.variant_data("shapes", instances=True))
+    assert history["loss"][-1] < history["loss"][0]
+    inst, cls = u.predict_instances(model, u.make_split("shapes", "test", 4, 32)[0])
+    assert inst.shape == cls.shape == (4, 32, 32)
+    assert torch.equal(inst > 0, cls > 0)
+
+
+def test_panoptic_quality_on_hand_worked_cases():
+    truth_ids = torch.zeros(1, 8, 8, dtype=torch.long)
+    truth_ids[0, :4, :4], truth_ids[0, 4:, 4:] = 1, 2
+    truth_cls = torch.where(truth_ids == 1, 1, torch.where(truth_ids == 2, 2, 0))
+    perfect = u.panoptic_quality(truth_ids, truth_cls, truth_ids, truth_cls)
+    assert perfect["pq"] == perfect["sq"] == perfect["rq"] == 1.0 and perfect["tp"] == 2
+    # one object missed: class 2 has RQ 0, class 1 is perfect -> PQ 0.5
+    missed_ids = torch.where(truth_ids == 2, 0, truth_ids)
+    missed = u.panoptic_quality(missed_ids, torch.where(missed_ids > 0, truth_cls, 0),
+                                truth_ids, truth_cls)
+    assert missed["pq"] == pytest.approx(0.5) and missed["fn"] == 1 and missed["tp"] == 1
+    # one false object of class 1 added: class 1 RQ = 1 / (1 + 0.5) -> PQ (2/3 + 1) / 2
+    false_ids, false_cls = truth_ids.clone(), truth_cls.clone()
+    false_ids[0, 6:, :2], false_cls[0, 6:, :2] = 3, 1
+    false = u.panoptic_quality(false_ids, false_cls, truth_ids, truth_cls)
+    assert false["pq"] == pytest.approx((2 / 3 + 1) / 2) and false["fp"] == 1
+    # object 1 split into two halves (IoU 0.5 each, not above 0.5): 1 FN and 2 FP for class 1
+    split_ids = truth_ids.clone()
+    split_ids[0, :4, 2:4] = 4
+    split = u.panoptic_quality(split_ids, truth_cls, truth_ids, truth_cls)
+    assert split["fn"] == 1 and split["fp"] == 2 and split["pq"] == pytest.approx(0.5)
+
+
+def test_claims_needs_one_present_latent_with_iou_at_least_half():
+    instances = torch.zeros(1, 4, 4, dtype=torch.long)
+    instances[0, :2, :2], instances[0, 2:, 2:] = 1, 2
+    masks = torch.full((1, 3, 4, 4), -10.0)
+    masks[0, 0, :2, :2] = 10       # latent 0 covers object 1
+    masks[0, 1, 2:, 2:] = 10       # latents 1 and 2 both cover object 2
+    masks[0, 2, 2:, 2:] = 10
+    classes = torch.zeros(1, 3, 5)
+    classes[..., 1] = 5.0          # all three latents say "circle", not "no object"
+    assert u.claims(classes, masks, instances) == [{1: 0, 2: -2}]
+    classes[0, 2, -1] = 20.0       # latent 2 now says "no object"
+    assert u.claims(classes, masks, instances) == [{1: 0, 2: 1}]
+    classes[0, 0, -1] = 20.0
+    assert u.claims(classes, masks, instances) == [{1: -1, 2: 1}]
