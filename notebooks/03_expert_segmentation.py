@@ -143,11 +143,13 @@ print("every pixel's output rebuilt from its weights and the experts alone:",
       torch.allclose(rebuilt, attended, atol=1e-5))
 
 # %% [markdown]
-# So two pixels that weigh the experts the same way get the same output, and so the same class,
-# whatever else their features say. Everything a pixel knows about the image must pass through
-# 64 numbers (16 weights × 4 heads) over 16 shared experts. This bottleneck is the tutorial's
-# design. Notebook 05 measures what it costs, and the series' improved model (`u.LatentSegNet`)
-# adds the pixel's own feature back with a residual connection.
+# So two pixels that weigh the experts the same way get the same output, whatever else their
+# features say, and so the same logits from the linear head below (only the decoder of section 4,
+# which mixes neighbouring scores, can still tell them apart). All that distinguishes one pixel's
+# output from another's is its 64 weights (16 per head × 4 heads); the 16 experts they mix are
+# the same for every pixel. This bottleneck is the tutorial's design. Notebook 05 measures what
+# it costs, and the series' improved model (`u.LatentSegNet`) adds the pixel's own feature back
+# with a residual connection.
 #
 # ## 3. The linear head: class logits
 #
@@ -289,8 +291,9 @@ assert total == u.count_parameters(model) == reference_total
 
 # %% [markdown]
 # Three things stand out. The model is tiny: 70,504 parameters, a few hundred kilobytes. Most of them
-# are in the two attentions and their projections, and the part that decides the class, the head
-# plus the decoder, has only 168. The number of classes changes only the head and the decoder:
+# are in the two attentions and their projections, and the part that decides the class has only
+# the head's 130 plus the decoder's 38. The number of classes changes only the head and the
+# decoder (exercise 1 checks this by arithmetic):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -347,49 +350,68 @@ plt.show()
 # are the pixels' weights from the uniform $1/K$?
 
 # %%
+import copy
+
 with torch.no_grad():
     model_experts = model.latent_attention(model.encoder(x).flatten(2).transpose(1, 2))[0]  # [K, 64]
+    _, attention64 = copy.deepcopy(model).double()(x.double(), return_attention=True)
+pixel_w64 = attention64["pixel"][0]                           # the same weights, in float64
 centre = model_experts.mean(0)
 spread = (model_experts - centre).norm(dim=-1) / centre.norm()
 print(f"each expert's distance from the experts' mean, relative to the mean's length: "
       f"at most {spread.max():.1e}")
 print(f"every pixel weight is within {(pixel_w - 1 / K).abs().max():.1e} of 1/K = {1 / K}")
+print(f"the same weights in float64 differ from these by at most {(pixel_w64 - pixel_w).abs().max():.1e}")
+changed = int((pixel_w64.mean(0).argmax(-1) != assignment.flatten()).sum())
+print(f"pixels whose expert (head mean) changes in float64: {changed} of {pixel_w.shape[1]}")
 print(f"experts that win at least one token (head mean): {int((share > 0).sum())} of {K}")
 
 
 # %% [markdown]
 # **Before training the map means nothing, and the numbers say why.** Notebook 02 showed that
 # every untrained latent reads the image almost uniformly, so every expert is nearly the same
-# average of the whole image: the 16 experts differ by less than a part in a thousand. Pixels then
-# have nothing to choose between, their weights are $1/16$ to within rounding error, and the
-# argmax is decided by differences at the level of floating-point noise. That is why one or a few
-# experts "win" everywhere, and why the per-head maps show only faint traces of the shapes. The
-# lesson for the design: the expert head can only tell experts apart after the latent attention
-# has made them different.
+# average of the whole image: each lies within 1.2e-03 of the experts' mean, relative to the
+# mean's length. Pixels then have almost nothing to choose between: every weight is within
+# 2.0e-07 of $1/16$. Those differences are not rounding error (float64 gives the same weights to
+# within 9.8e-09), but they are so small that rounding still decides the argmax at some pixels:
+# run in float64, the model picks a different expert at the pixels counted above. Where the map
+# has a pattern, it comes from the pixels' queries, not from the experts. In each head a pixel's
+# largest weight goes to the expert whose key best matches the pixel's query, and pixels with
+# similar features have similar queries, so they pick the same expert. Hence the large patches:
+# one expert takes most of the image, only 3 of the 16 win any token, and some per-head maps
+# follow the shapes, whose colours differ from the background's. None of this is anything the
+# experts have learned. The lesson for the design: the expert head can only tell experts apart
+# after the latent attention has made them different.
 #
 # **After training** the same map becomes the model's answer to "which part of the image is
 # this?" If the experts specialise, each one will own a kind of region, for example background,
 # object interiors, or the edges of one shape, and the map will look like a rough segmentation
 # that the classifier then labels. If training lets a few experts win everywhere, the map will show
-# that collapse just as plainly. Notebook 06 draws this map for trained models, next to their
-# predictions.
+# that collapse just as plainly. Notebook 06 draws this map for the series' trained model,
+# `u.LatentSegNet`, beside each image and its true classes.
 #
 # ## 6. Where this design comes from: Perceiver IO and MaskFormer
 #
 # In one sentence, the model is this: **16 learned latents read the pixel features by
-# cross-attention, then every pixel reads the latents back, then a linear layer classifies each
-# pixel.**
+# cross-attention, then every pixel reads what they gathered (the experts), then a linear layer
+# classifies each pixel.**
 #
 # **Perceiver IO** (*Perceiver IO: A General Architecture for Structured Inputs & Outputs*,
-# DeepMind, 2021) has exactly this shape. Its encoder is a cross-attention in which a small learned
+# DeepMind, 2021) has this shape. Its encoder is a cross-attention in which a small learned
 # latent array reads a large input, costing $O(NK)$ instead of $O(N^2)$ (notebook 02 measured it).
 # Its decoder is a second cross-attention in which **output queries**, one per output element
 # (here one per pixel), read the latents, so the cost stays linear in the output size too. In short,
 # *latents read, output queries write*. The tutorial's `LatentAttention` is the read and its
-# `ExpertSegmentation` is the write. Two differences: Perceiver IO processes the latents with a
-# stack of self-attention blocks between read and write, and the tutorial has none, so its 16
-# latents never exchange information. And Perceiver IO's blocks are residual with layer norms and
-# MLPs, which the tutorial's are not (notebook 05 adds them).
+# `ExpertSegmentation` is the write. Two differences. First, Perceiver IO processes the latents
+# with a stack of self-attention blocks between read and write; the tutorial has none, so its 16
+# latents never exchange information. Second, Perceiver IO wraps every attention in layer norms
+# and an MLP, and its encoder cross-attention and latent self-attention blocks are residual
+# (the attention's result is added to its queries); the tutorial has none of this (notebook 05
+# adds it). Perceiver IO's decoder is the exception to the residual: the reference
+# implementation, by default and in its image-classification, optical-flow and language models,
+# does not add the cross-attention's result to the output query (`use_query_residual=False`).
+# There, as in section 2 here, an output query shapes its answer only through its attention
+# weights. Here the query is the pixel's own feature, and the series' improved model adds it back.
 #
 # **MaskFormer** (*Per-Pixel Classification is Not All You Need for Semantic Segmentation*, Cheng,
 # Schwing and Kirillov, 2021) shares the idea of a small set of learned **queries**, but uses them
@@ -405,31 +427,35 @@ print(f"experts that win at least one token (head mean): {int((share > 0).sum())
 # **What the names do not mean.** The tutorial speaks of "multi-head latent attention" and
 # "fine-grained expert segmentation". Its attention is not DeepSeek-V2's Multi-head Latent
 # Attention, which compresses each token's keys and values for the inference cache. Its experts
-# are not DeepSeekMoE's experts: those are split feed-forward networks with their own weights,
-# routed by a gate to the top few per token. Here every pixel mixes **all** 16 experts densely, the
-# experts have no weights of their own, and nothing is routed or load-balanced. The Perceiver
-# paper's reading fits better: the latents are cluster centres that the pixels are grouped
-# around.
+# are not DeepSeekMoE's experts: those are feed-forward networks with their own weights, and a
+# gate sends each token to a few of them (plus a few shared experts that every token uses);
+# DeepSeekMoE's "fine-grained expert segmentation" means splitting each expert into smaller ones.
+# Here every pixel mixes **all** 16 experts densely, the experts have no weights of their own, and
+# nothing is routed or load-balanced. A reading often given to Perceiver-style latents fits
+# better: they act like cluster centres (the Set Transformer's "inducing points") that the pixels
+# are grouped around.
 #
 # | | latents / queries | what reads what | how a pixel gets its class |
 # |---|---|---|---|
 # | this tutorial | 16 learned latents | latents read pixels; pixels read latents | linear head on the pixel's mix of experts |
 # | Perceiver IO | learned latent array | latents read inputs; latent self-attention; output queries read latents | a head on each output query's answer |
-# | MaskFormer | 100 learned queries | queries read pixel features (transformer decoder) | each query's class × its mask, combined per pixel |
+# | MaskFormer | 100 learned queries | queries read image features (transformer decoder) | each query's class × its mask, combined per pixel |
 #
 # ## Summary
 #
 # - `ExpertSegmentation` is the second cross-attention: pixels are the queries, the 16 experts are
 #   keys and values, and a linear head turns each pixel's mix into class logits.
 # - A pixel's output depends on its own feature only through its attention weights (rebuilt above
-#   from the weights alone). This is a bottleneck that notebook 05 measures and the improved
-#   model removes.
+#   from the weights and the experts alone). This is a bottleneck that notebook 05 measures and
+#   the improved model removes.
 # - The whole model is encoder → latent attention → expert head → 3×3 conv on the logits → ×4
 #   bilinear upsample, with 70,504 parameters at 2 classes, counted part by part.
 # - The per-pixel argmax over experts is a map of how the model partitions the image. Before
-#   training it is noise: the untrained experts are nearly identical (measured). Notebook 06 shows
-#   what training makes of it.
-# - Structurally this is a small Perceiver IO (latents read, output queries write). It borrows
+#   training it means nothing: the untrained experts are nearly identical and every pixel's
+#   weights are almost exactly uniform (measured), so the argmax magnifies tiny differences, some
+#   of them rounding. Notebook 06 shows the map of a trained model.
+# - Structurally this is a small Perceiver IO without the latent self-attention (latents read,
+#   output queries write). It borrows
 #   MaskFormer's learned queries but not its mask classification, and it is neither DeepSeek's MLA
 #   nor its mixture of experts.
 #
