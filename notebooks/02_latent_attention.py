@@ -60,7 +60,8 @@ if "google.colab" in sys.modules:
         print(f"installed {LATENTSEG_PACKAGE}; nothing else needed (all present)")
 
 # %% [markdown]
-# The imports, a fixed seed so that every number below is the same on every run, and the device.
+# The imports, a fixed seed so that every number below is the same on every run (except the
+# timings and memory measurements of section 6, which depend on the machine), and the device.
 # Nothing in this notebook trains, so everything runs on the CPU whatever `device` says; it is
 # printed so that a bug report says what you ran. `u` is the series' shared module: whatever this
 # notebook builds by hand, `u` holds too, and the notebook ends by checking that the two agree.
@@ -152,15 +153,16 @@ for d in (4, 16, 64, 256):
           f"{raw.softmax(-1).max(-1).values.mean():>21.2f} {scaled.softmax(-1).max(-1).values.mean():>7.2f}")
 
 # %% [markdown]
-# Without the scale, at $d = 256$ each query puts almost all of its weight on one key. With it, the
-# softmax stays equally soft at every width.
+# Without the scale, the softmax sharpens as $d$ grows: at $d = 256$ a query puts on average 0.92 of
+# its weight on a single key. With the scale, the scores keep a standard deviation near 1 and the
+# softmax stays about equally soft at every width.
 #
 # ## 3. Multi-head attention by hand
 #
 # One attention compares queries and keys along all $E$ channels at once. **Multi-head**
 # attention runs $h$ attentions side by side, each on its own $E/h$ channels, so that different
-# heads can match on different things (one on colour, another on texture). `nn.MultiheadAttention`
-# does five steps:
+# heads can match on different things (one on colour, say, another on texture).
+# `nn.MultiheadAttention` does five steps:
 #
 # 1. **project** queries, keys and values with learned matrices $W_q, W_k, W_v$ (each $E\times E$, plus biases);
 # 2. **split** the $E$ channels into $h$ heads of $E/h$ channels;
@@ -272,16 +274,18 @@ assert same
 #
 # The tutorial's `LatentAttention` is multi-head attention in which the **queries are learned**.
 # $K = 16$ vectors, the latents (the tutorial calls them *experts*), are parameters of the model,
-# the same for every image. The **keys and values are the pixel tokens**. Each latent asks its own
-# question of the image and gets back one 64-dimensional answer. The output is $K$ vectors, a
+# the same for every image. (From here on $K$ is this number of latents, not the key matrix of
+# section 2.) The **keys and values are the pixel tokens**. Each latent asks its own question of
+# the image (one per head) and gets back one 64-dimensional answer. The output is $K$ vectors, a
 # summary of the image in 16 slots, whatever the image's size.
 #
 # This is the **read** step of the Perceiver (*Perceiver: General Perception with Iterative
 # Attention*, Jaegle et al., 2021). The name invites a misreading, so here it is plainly: this is
 # Perceiver-style latent cross-attention, **not** DeepSeek-V2's *Multi-head Latent Attention*
 # (MLA). MLA compresses each token's keys and values into a small per-token latent for the
-# inference cache and keeps one key per token. Here there are only 16 latent queries, and there
-# is no cache, no up-projection and no rotary part.
+# inference cache, and rebuilds from it a key for every token in every head: the attention is
+# still over all tokens. Here there are only 16 latent queries, and there is no cache, no
+# up-projection and no rotary part.
 #
 # The tutorial's version has one oddity that we keep so the reproduction stays faithful. It
 # projects keys, values and queries with its own `nn.Linear` layers (`key_proj`, `value_proj`,
@@ -328,7 +332,7 @@ print("weights", tuple(weights.shape), "  (batch, head, latent, token)")
 print("each latent's weights sum to 1 over the tokens:", torch.allclose(weights.sum(-1), torch.ones(1, 4, 16)))
 
 # %% [markdown]
-# Where do its parameters sit? 12,480 of them are in the three extra projections described above.
+# Where do its parameters sit? The last line adds up the three extra projections described above.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -339,6 +343,9 @@ for name, child in [("latents", None), ("key_proj", latent_attention.key_proj),
     count = latent_attention.latents.numel() if child is None else u.count_parameters(child)
     print(f"  {name:<11} {count:>7,}")
 print(f"  {'total':<11} {u.count_parameters(latent_attention):>7,}")
+extra = sum(u.count_parameters(p) for p in (latent_attention.key_proj, latent_attention.value_proj,
+                                            latent_attention.query_proj))
+print(f"key_proj, value_proj and query_proj together: {extra:,}")
 
 # %% [markdown]
 # ## 5. Where each latent looks
@@ -354,10 +361,12 @@ fig = u.plot_attention(image, weights[0].mean(0),
 plt.show()
 
 # %% [markdown]
-# The latents already prefer some colours: each map lights up the circle, the triangle or the
-# background. The scores are linear in the pixel features, and the features depend on colour.
-# The border cells differ too, because the encoder's zero padding makes them look different. But how strong are these
-# preferences? We compare the weights with the uniform weight $1/N$:
+# The maps already follow the image: in some the triangle stands out, in others the circle, the
+# square or the background, and the shapes' edges show as thin bright or dark lines. The scores
+# are linear in the pixel features, and the features differ with colour and at edges. The border
+# cells differ too, because the encoder's zero padding makes them look different. But how strong
+# are these preferences? Each map has its own colour scale, so we compare the weights
+# themselves with the uniform weight $1/N$:
 
 # %%
 uniform = 1 / tokens.shape[1]
@@ -366,15 +375,17 @@ print(f"untrained weights range from {weights.min():.5f} to {weights.max():.5f} 
       f"(largest = {weights.max() / uniform:.2f} x uniform)")
 
 # %% [markdown]
-# Before training, every latent reads almost the whole image evenly, and the patterns above are
-# small ripples on top of a nearly flat average. The reason is the size of the scores: with
-# PyTorch's initialisation, $QK^\top/\sqrt{d}$ is small, so the softmax is nearly flat. Training
-# has to make these scores large and meaningful. Notebook 06 draws the same maps for trained
-# models.
+# Before training, every latent reads almost the whole image evenly: the largest weight is only
+# 1.04 times the uniform one, so the patterns above are small ripples on top of a nearly flat
+# average. The reason is the size of the scores: with PyTorch's initialisation, one latent's scores
+# $QK^\top/\sqrt{d}$ differ little from token to token, and a softmax of nearly equal scores is
+# nearly flat. Training has to make these differences large and meaningful. Notebook 06 draws the
+# same maps for trained models.
 #
 # Each latent has 4 heads, and each head attends on its own 16 channels, so the heads of one latent
-# can look at different places. Here are the heads of the latent whose largest weight is
-# largest:
+# can look at different places. Here are the heads of the latent with the largest single weight.
+# Even untrained, its heads weight the same shapes differently (compare the circle across the four
+# maps):
 
 # %%
 k = int(weights[0].amax(dim=(0, 2)).argmax())
@@ -386,9 +397,9 @@ plt.show()
 # ## 6. Why latents? $N\cdot K$ against $N^2$, measured
 #
 # Why not let the pixel tokens attend to each other directly? Self-attention over $N$ tokens
-# compares every token with every other: $N^2$ weights per head, and time that grows as $N^2$.
-# Latent cross-attention compares $K$ latents with $N$ tokens: $N\cdot K$ weights, and time linear in
-# $N$. The Perceiver paper makes this argument; here we measure it.
+# compares every token with every other: $N^2$ weights per head, and, for large $N$, time that
+# grows as $N^2$. Latent cross-attention compares $K$ latents with $N$ tokens: $N\cdot K$ weights,
+# and time linear in $N$. The Perceiver paper makes this argument; here we measure it.
 #
 # We compare `nn.MultiheadAttention` used as self-attention over the tokens with `u.LatentAttention`
 # ($K = 16$), both with the tutorial's width 64 and 4 heads, for images from 32×32 to 160×160
@@ -396,16 +407,17 @@ plt.show()
 # tutorial's code does, so both store their weight matrix. (Fused kernels such as
 # FlashAttention avoid storing the $N\times N$ matrix, but they still do $N^2$ work.)
 #
-# **Peak memory, honestly.** `tracemalloc` does not see PyTorch's tensors. On Linux (and Colab) the
-# kernel can tell us: we return freed memory to the operating system (`malloc_trim`), reset the
-# process's high-water mark of resident memory (`/proc/self/clear_refs`), run one forward pass,
-# and read the new high-water mark (`VmHWM`). Where that is not available (macOS, Windows) the
-# function returns `None`, and the plot shows only the size of the returned weight tensor.
+# **Peak memory.** Python's `tracemalloc` does not see PyTorch's tensors, so `peak_memory_bytes`
+# resets Linux's record of the process's peak resident memory, runs one forward pass and reads the
+# new peak: that counts every temporary buffer, not just the returned weights. Where Linux's
+# counters are missing (macOS, Windows) it returns `None`, and the memory plot shows only the
+# weight tensors.
 
 # %%
 import ctypes
 import re
 import time
+from contextlib import contextmanager
 
 
 def peak_memory_bytes(fn):
@@ -414,9 +426,9 @@ def peak_memory_bytes(fn):
         with open("/proc/self/status") as f:
             return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)      # give freed memory back first
+        ctypes.CDLL("libc.so.6").malloc_trim(0)      # give freed memory back, so fn() needs new pages
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                               # reset the peak to the current size
+            f.write("5")                               # reset the peak (VmHWM) to the current size
         before = status_kb("VmRSS")
     except (OSError, AttributeError):
         return None
@@ -436,12 +448,24 @@ def best_time(fn, repeats=5):
     return min(times)
 
 
+@contextmanager
+def torch_threads(n):
+    """Run the block on n threads; restore the previous count afterwards, even if it raises."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 # %% [markdown]
 # The measurement itself. Each size is run once as a warm-up (first calls allocate buffers that
-# later calls reuse), then timed and measured. We time on **one thread**. On a busy or shared CPU,
-# PyTorch's threads spend their time waiting for each other, and those waits would swamp what we
-# want to see. The printed numbers depend on the machine and on what else it is doing. The shape
-# of the curves does not.
+# later calls reuse), then timed (fastest of five runs) and measured. We time on **one thread**
+# (`torch_threads(1)`, which puts the previous thread count back afterwards). On a busy or shared
+# CPU, PyTorch's threads spend their time waiting for each other, and those waits would swamp
+# what we want to see. The printed numbers depend on the machine and on what else it is doing;
+# the last column says which of the two was faster at each size.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -449,9 +473,7 @@ self_attention = nn.MultiheadAttention(64, 4, batch_first=True).eval()
 latent_reader = u.LatentAttention(64, 64, 16, 4).eval()
 sizes = [32, 64, 96, 128, 160]
 bench = {"self-attention": [], "latent attention": []}     # rows: (N, seconds, peak bytes, weight bytes)
-threads = torch.get_num_threads()
-torch.set_num_threads(1)
-with torch.no_grad():
+with torch_threads(1), torch.no_grad():
     for size in sizes:
         x = torch.randn(1, (size // 4) ** 2, 64)
         calls = {"self-attention": lambda: self_attention(x, x, x, average_attn_weights=False),
@@ -460,20 +482,34 @@ with torch.no_grad():
             w = call()[1]                                   # warm-up; keep the weights' size
             bench[name].append((x.shape[1], best_time(call), peak_memory_bytes(call),
                                 w.numel() * w.element_size()))
-torch.set_num_threads(threads)
-print(f"{'image':>7} {'N':>6} | {'self: ms':>8} {'MB peak':>8} {'MB weights':>10} | "
-      f"{'latent: ms':>10} {'MB peak':>8} {'MB weights':>10}")
+
+
 def mb(b):
     return float("nan") if b is None else b / 1e6
 
 
+print(f"{'image':>7} {'N':>6} | {'self: ms':>8} {'MB peak':>8} {'MB weights':>10} | "
+      f"{'latent: ms':>10} {'MB peak':>8} {'MB weights':>10} | faster")
 for size, s, lat in zip(sizes, bench["self-attention"], bench["latent attention"]):
     print(f"{size:>3}x{size:<3} {s[0]:>6,} | {1e3 * s[1]:>8.2f} {mb(s[2]):>8.2f} {mb(s[3]):>10.2f} | "
-          f"{1e3 * lat[1]:>10.2f} {mb(lat[2]):>8.2f} {mb(lat[3]):>10.2f}")
+          f"{1e3 * lat[1]:>10.2f} {mb(lat[2]):>8.2f} {mb(lat[3]):>10.2f} | "
+          f"{'latent' if lat[1] < s[1] else 'self'}")
 
 # %% [markdown]
 # On log-log axes a power law $N^p$ is a straight line of slope $p$. The dotted grey lines show
-# slopes 2 and 1 for comparison.
+# slopes 2 and 1 for comparison. What to look at:
+#
+# - **Time, smallest image.** At $N = 64$ the latents' curve lies *above* self-attention's: for
+#   small images the latents are the slower of the two. A fixed cost per call dominates there,
+#   and the latents pay more of it, with three extra linear layers in front of the same
+#   `nn.MultiheadAttention`. The `faster` column above shows where the two cross.
+# - **Time, as N grows.** Self-attention's curve steepens until, at the largest sizes, it is as
+#   steep as the slope-2 line or steeper, while the latents' curve stays flatter than the slope-1
+#   line: over these sizes their fixed cost is still a large part of their time.
+# - **Memory.** The dashed weight tensors follow slopes 2 and 1 exactly. Self-attention's measured
+#   peak closes in on its weight tensor as $N$ grows: at large $N$ its memory is mostly the
+#   $N\times N$ matrix. The latents' measured peak grows about as their weight tensor does, and
+#   ends far below self-attention's.
 
 # %%
 fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -504,11 +540,12 @@ plt.show()
 
 
 # %% [markdown]
-# Least-squares slopes over all five sizes put numbers on the two lines. They are rough: at the
-# smallest sizes fixed costs (Python overhead, the projections) dominate, which pulls the slopes
-# below the ideal 2 and 1, while at the largest sizes self-attention's $N\times N$ matrix no
-# longer fits in the CPU's caches, which can push its time slope above 2. The memory of self-attention
-# follows its weight matrix.
+# Least-squares slopes over all five sizes put numbers on the curves. They are rough, and not the
+# ideal 2 and 1. At the smallest sizes the fixed cost per call (Python, PyTorch's dispatch)
+# dominates, and self-attention's projections, whose cost grows only as $N$, cost as much as its
+# $N\times N$ part or more; both pull the slopes down. At the largest sizes self-attention's
+# $N\times N$ matrix no longer fits in the CPU's caches, which can make its time grow faster than
+# $N^2$ there. The last lines compare the two modules.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -520,11 +557,17 @@ def slope(rows, key):
 for name, rows in bench.items():
     memory = "n/a" if rows[0][2] is None else f"{slope(rows, 2):.2f}"
     print(f"{name:<17} time slope {slope(rows, 1):.2f}, measured peak memory slope {memory}")
+for key, what in ((1, "time"), (2, "peak memory")):
+    if key == 1 or bench["self-attention"][0][2] is not None:
+        print(f"self-attention's {what} grows faster than the latents':",
+              slope(bench["self-attention"], key) > slope(bench["latent attention"], key))
 
 # %% [markdown]
-# What stays true on every machine is the count of weights. At the largest size, full
-# self-attention stores $N/K$ times as many weights as the latents do, and that factor grows
-# with the image:
+# So the measurements show self-attention's time and peak memory growing markedly faster with
+# $N$ than the latents', but neither pair of slopes is a clean 2 and 1, and for small images the
+# latents are slower. The clean $N/K$ ratio shows in the count of weights, which is the same on
+# every machine: at every size, self-attention stores $N/K$ times as many weights as the latents
+# do, and that factor grows with the image:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -542,10 +585,12 @@ for (N, _, _, self_bytes), (_, _, _, latent_bytes) in zip(bench["self-attention"
 #   `nn.MultiheadAttention` to 1e-5.
 # - `LatentAttention` uses $K = 16$ learned latents as queries over the $N$ pixel tokens. It turns any
 #   image into 16 vectors. It is Perceiver-style cross-attention, not DeepSeek's MLA.
-# - Untrained, every latent reads the image almost uniformly, with colour-driven ripples. Training
-#   must sharpen this (notebook 06 shows trained maps).
-# - Latents make the cost linear in $N$: measured time and memory grow about as $N\cdot K$ against
-#   $N^2$ for self-attention.
+# - Untrained, every latent reads the image almost uniformly, with small ripples that follow the
+#   shapes, their edges and the border. Training must sharpen this (notebook 06 shows trained maps).
+# - Latents store $N\cdot K$ attention weights against self-attention's $N^2$: $N/K$ times fewer,
+#   at every size. Measured on a CPU, self-attention's time and peak memory grow markedly faster
+#   with $N$ than the latents', though not as clean powers of $N$, and at the smallest image
+#   ($N = 64$) the latents are the slower of the two.
 #
 # ## Exercises
 #
@@ -619,10 +664,11 @@ print("a 256x256 image (self, latent):", attention_weight_counts(256))
 # %% [markdown]
 # ### Exercise 3: fold away `query_proj`
 #
-# The latents are free parameters, and `query_proj` only applies a fixed linear map to them. So a
-# module whose `query_proj` is the identity, and whose latents are the old `query_proj(latents)`,
-# computes exactly the same thing. Build such a copy of `latent_attention` (hint:
-# `copy.deepcopy`, then set the weights under `torch.no_grad()`) and check it.
+# The latents are free parameters, and `query_proj` only applies one more linear layer (weight
+# and bias) to them. So a module whose `query_proj` is the identity, and whose latents are the old
+# `query_proj(latents)`, computes the same thing, up to rounding. Build such a copy of
+# `latent_attention` (hint: `copy.deepcopy`, then set the weights under `torch.no_grad()`) and
+# check it.
 
 # %%
 def check_folded(folded):
