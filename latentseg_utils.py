@@ -1038,7 +1038,12 @@ def load_checkpoint(path: str, device: "torch.device | str | None" = None):
     name = payload.get("model_class")
     if name not in _MODEL_CLASSES:
         raise ValueError(f"checkpoint {path!r} holds an unknown model class {name!r}.")
-    model = _MODEL_CLASSES[name](**payload["config"])
+    try:
+        model = _MODEL_CLASSES[name](**payload["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {path!r} holds a {name} config this version cannot build "
+                         f"({error}); it was written by another version of latentseg_utils: "
+                         "delete it and train again.") from error
     expected = model.state_dict()
     wrong_shapes = [f"{key} is {list(value.shape)}, the config gives {list(expected[key].shape)}"
                     for key, value in payload["state_dict"].items()

@@ -21,7 +21,7 @@ FINAL_CHECK = [
     "attention shapes [B, heads, K, N] and [B, heads, N, K]: True",
     "experts separate background from objects: True",
     "experts do not separate the shapes: True",
-    "attention matters, any one expert suffices: True",
+    "the trained model depends on its attention, any one expert suffices: True",
 ]
 
 

@@ -392,6 +392,11 @@ def test_corrupt_missing_and_mismatched_checkpoints(tmp_path):
                                          r"hidden.*delete it and train again") as error:
         u.load_checkpoint(str(good))
     assert "size mismatch" not in str(error.value)   # not load_state_dict's raw dump
+    payload = torch.load(good, weights_only=True)
+    payload["config"] = {**payload["config"], "hidden": 32, "renamed_option": True}
+    torch.save(payload, good)
+    with pytest.raises(ValueError, match="cannot build.*another version.*train again"):
+        u.load_checkpoint(str(good))
     torch.save({"something": 1}, good)
     with pytest.raises(ValueError, match="not a latentseg checkpoint"):
         u.load_checkpoint(str(good))
