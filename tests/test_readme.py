@@ -55,3 +55,13 @@ def test_scaling_prose_numbers_come_from_the_results_file():
     for number in numbers:
         assert re.search(rf"(?<![\w.]){re.escape(number)}(?![\d])", targets), \
             f"README's scaling paragraph says {number}, which scaling.md's targets do not"
+
+
+def test_robustness_table_is_the_results_file():
+    table = (RESULTS / "robustness_validation.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) >= 10
+    for line in rows:
+        assert line in README, f"README lacks this row of robustness_validation.md: {line}"
+    data = json.loads((RESULTS / "robustness_validation.json").read_text())
+    assert all(len(r["miou"]) >= 3 for r in data["results"]), "every row needs 3 seeds or more"
