@@ -335,7 +335,13 @@ class LatentSegNet(nn.Module):
                      pixels read from the latents (0: the model starts as its no-attention twin)
       detach_attention  True: the attention reads the encoder's tokens (the latents' keys and
                      values, the pixels' queries) without sending gradient back into the
-                     encoder, so the convolutions learn only through the pixel path
+                     encoder, so the convolutions learn only through the pixel path (the
+                     attention's gradient made them worse on small objects; see
+                     benchmarks/robustness.py)
+      colour_tokens  True: what the latents read also carries each token's mean input colour
+                     (a learned linear projection of the 4x4 block's average), so what the
+                     attention can read does not depend on what the convolutions chose to keep
+                     (with detach_attention the convolutions never learn to keep a cue for it)
 
     [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 4)
 
@@ -347,7 +353,8 @@ class LatentSegNet(nn.Module):
                  positions: bool = True, refine: bool = True, attention: bool = True,
                  local_loss: float = 0.5, encoder_depth: int = 2,
                  stem_dim: int = 8, refine_dim: int = 16,
-                 attention_scale: Optional[float] = None, detach_attention: bool = False):
+                 attention_scale: Optional[float] = None, detach_attention: bool = True,
+                 colour_tokens: bool = True):
         super().__init__()
         _check_positive(in_channels=in_channels, feature_dim=feature_dim,
                         num_latents=num_latents, rounds=rounds, stem_dim=stem_dim,
@@ -363,9 +370,9 @@ class LatentSegNet(nn.Module):
                            refine=refine, attention=attention,
                            stem_dim=stem_dim, refine_dim=refine_dim, local_loss=local_loss,
                            encoder_depth=encoder_depth, attention_scale=attention_scale,
-                           detach_attention=detach_attention)
+                           detach_attention=detach_attention, colour_tokens=colour_tokens)
         self.in_channels, self.num_classes = in_channels, num_classes
-        self.detach_attention = detach_attention
+        self.detach_attention, self.colour_tokens = detach_attention, colour_tokens
         self.use_positions, self.use_refine, self.use_attention = positions, refine, attention
         self.local_loss = float(local_loss)
         D = feature_dim
@@ -378,6 +385,8 @@ class LatentSegNet(nn.Module):
             self.position_proj = nn.Linear(16, D)
         if attention:
             self.latents = nn.Parameter(torch.randn(num_latents, D) * 0.02)
+            if colour_tokens:
+                self.colour_proj = nn.Linear(in_channels, D)
             self.reads = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
         self.writes = nn.ModuleList(AttentionBlock(D, num_heads, attention=attention,
                                                    attention_scale=attention_scale,
@@ -415,9 +424,14 @@ class LatentSegNet(nn.Module):
             return x
 
         latents = self.latents.expand(B, -1, -1) if self.use_attention else None
+        colours = None
+        if self.use_attention and self.colour_tokens:                # each token's mean colour
+            colours = self.colour_proj(F.avg_pool2d(x, H // h).flatten(2).transpose(1, 2))
         for i, write in enumerate(self.writes):
             if self.use_attention:
                 context = tokens.detach() if self.detach_attention else tokens
+                if colours is not None:
+                    context = context + colours
                 latents = apply(self.reads[i], latents, context, "latent")  # latents read pixels
             tokens = apply(write, tokens, latents, "pixel")                # pixels read latents
         features = self.norm_out(tokens).transpose(1, 2).reshape(B, D, h, w)
@@ -447,6 +461,24 @@ class LatentSegNet(nn.Module):
                                          align_corners=False)
             loss = loss + self.local_loss * F.cross_entropy(local_logits, labels)
         return loss
+
+
+# Notebook 05's ablation: each step switches on one more option of LatentSegNet; the last is
+# LatentSegNet() with its defaults. benchmarks/ablation.py trains every step over seeds.
+ABLATION_STEPS = {}
+ABLATION_STEPS["1 residual pre-norm blocks"] = dict(
+    encoder_depth=1, positions=False, refine=False, local_loss=0.0, detach_attention=False,
+    colour_tokens=False)
+ABLATION_STEPS["2 + positions"] = dict(ABLATION_STEPS["1 residual pre-norm blocks"], positions=True)
+ABLATION_STEPS["3 + full-resolution refinement"] = dict(ABLATION_STEPS["2 + positions"], refine=True)
+ABLATION_STEPS["4 + local loss on the encoder"] = dict(
+    ABLATION_STEPS["3 + full-resolution refinement"], local_loss=0.5)
+ABLATION_STEPS["5 + deeper encoder"] = dict(ABLATION_STEPS["4 + local loss on the encoder"],
+                                            encoder_depth=2)
+ABLATION_STEPS["6 + attention reads without teaching"] = dict(
+    ABLATION_STEPS["5 + deeper encoder"], detach_attention=True)
+ABLATION_STEPS["7 + latents read block colours"] = dict(
+    ABLATION_STEPS["6 + attention reads without teaching"], colour_tokens=True)
 
 
 class PixelClassifier(nn.Module):
@@ -727,6 +759,53 @@ def pixel_accuracy(prediction: torch.Tensor, target: torch.Tensor) -> float:
     return float((prediction == target).double().mean())
 
 
+def mutual_information(a: torch.Tensor, b: torch.Tensor, num_a: int, num_b: int) -> float:
+    """I(A; B) in nats from paired samples of two discrete variables (integer tensors of one
+    shape, values in [0, num_a) and [0, num_b)).
+
+    Taught in notebook 06, section "6. Do the experts specialise? Measured".
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must be paired samples "
+                         "of one shape.")
+    a, b = a.flatten().long().cpu(), b.flatten().long().cpu()
+    joint = torch.bincount(a * num_b + b, minlength=num_a * num_b)
+    joint = joint.reshape(num_a, num_b).double() / max(1, a.numel())
+    independent = joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
+    seen = joint > 0
+    return float((joint[seen] * (joint[seen] / independent[seen]).log()).sum())
+
+
+def entropy(a: torch.Tensor, num_a: int) -> float:
+    """H(A) in nats from samples of a discrete variable.
+
+    Taught in notebook 06, section "6. Do the experts specialise? Measured".
+    """
+    p = torch.bincount(a.flatten().long().cpu(), minlength=num_a).double() / max(1, a.numel())
+    return float(-(p[p > 0] * p[p > 0].log()).sum())
+
+
+def specialisation(classes: torch.Tensor, owner: torch.Tensor, num_classes: int,
+                   num_owners: int) -> dict:
+    """How much a pixel's (or token's) owner, the expert or latent it reads most, tells about
+    its true class: I(owner; class) / H(class), 0 when it tells nothing, 1 when it tells all.
+    Three questions: "all classes", "object or background" (class 0 is background) and
+    "which shape" (over the object pixels only). classes and owner: integer maps of one shape.
+
+    Taught in notebook 06, section "6. Do the experts specialise? Measured".
+    """
+    objects = classes > 0
+    shape = classes[objects] - 1
+
+    def share(a, b, num_a):
+        h = entropy(a, num_a)
+        return mutual_information(a, b, num_a, num_owners) / h if h > 0 else float("nan")
+
+    return {"all classes": share(classes, owner, num_classes),
+            "object or background": share(objects.long(), owner, 2),
+            "which shape": share(shape, owner[objects], num_classes - 1)}
+
+
 # ---------------------------------------------------------------------------
 # 5. Training, evaluation, checkpoints
 # ---------------------------------------------------------------------------
@@ -969,6 +1048,7 @@ def run_seeds(models: "dict[str, Callable[[], nn.Module]]", variants: "list[str]
 
 
 _MODEL_CLASSES = {}   # filled at the end of the module, once every model class is defined
+_ADDED_OPTIONS = {"LatentSegNet": {"colour_tokens": False}}   # option: its value before it existed
 _CHECKPOINT_FORMAT = "latentseg-checkpoint-1"
 
 
@@ -1038,8 +1118,11 @@ def load_checkpoint(path: str, device: "torch.device | str | None" = None):
     name = payload.get("model_class")
     if name not in _MODEL_CLASSES:
         raise ValueError(f"checkpoint {path!r} holds an unknown model class {name!r}.")
+    # An option added after a checkpoint was written is absent from its config: build the
+    # model as it was then (the option off), not with today's default.
+    config = {**_ADDED_OPTIONS.get(name, {}), **payload["config"]}
     try:
-        model = _MODEL_CLASSES[name](**payload["config"])
+        model = _MODEL_CLASSES[name](**config)
     except (TypeError, ValueError) as error:
         raise ValueError(f"checkpoint {path!r} holds a {name} config this version cannot build "
                          f"({error}); it was written by another version of latentseg_utils: "
@@ -1235,12 +1318,18 @@ class MaskLatentSegNet(nn.Module):
     MaskFormer does (sum over latents of class probability times mask probability), so
     `predict`, `evaluate` and `train` work unchanged. predict_masks gives the parts:
     class logits [B, K, num_classes + 1] and mask logits [B, K, H, W].
+    Options beyond MaskFormer (benchmarks/mask_experts.py measures them):
+      compete       the latents compete for each pixel: their mask probabilities at a pixel sum
+                    to 1 (Slot Attention's softmax over slots), so two latents cannot both hold
+                    an object; returned as the logits whose sigmoid is that probability
+      pooled_class  a latent's class also reads the encoder's features averaged inside its own
+                    mask (what the latent covers, not only what it attended to)
+
     training_loss(images, labels, instances): Hungarian matching of latents to the image's
     segments, class cross-entropy ("no object" down-weighted by no_object_weight), mask
     binary cross-entropy and dice loss.
 
-    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
-    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
     """
 
     wants_instances = True   # run_seeds trains it on data with instance maps
@@ -1248,7 +1337,8 @@ class MaskLatentSegNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 4, feature_dim: int = 64,
                  num_latents: int = 16, num_heads: int = 4, rounds: int = 2, mask_dim: int = 32,
                  stem_dim: int = 8, no_object_weight: float = 0.1, class_weight: float = 2.0,
-                 mask_weight: float = 5.0, dice_weight: float = 5.0):
+                 mask_weight: float = 5.0, dice_weight: float = 5.0, compete: bool = True,
+                 pooled_class: bool = True):
         super().__init__()
         _check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
                         rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
@@ -1259,7 +1349,8 @@ class MaskLatentSegNet(nn.Module):
                            feature_dim=feature_dim, num_latents=num_latents, num_heads=num_heads,
                            rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim,
                            no_object_weight=no_object_weight, class_weight=class_weight,
-                           mask_weight=mask_weight, dice_weight=dice_weight)
+                           mask_weight=mask_weight, dice_weight=dice_weight, compete=compete,
+                           pooled_class=pooled_class)
         self.in_channels, self.num_classes = in_channels, num_classes
         D = feature_dim
         self.stem = _conv_bn_relu(in_channels, stem_dim)
@@ -1272,6 +1363,8 @@ class MaskLatentSegNet(nn.Module):
         self.talks = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
         self.norm_latents = nn.LayerNorm(D)
         self.class_head = nn.Linear(D, num_classes + 1)                   # last: "no object"
+        if pooled_class:
+            self.pool_proj = nn.Linear(D, D)
         self.mask_embed = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, mask_dim))
         self.pixel_proj = nn.Conv2d(D, mask_dim, 1)
         self.pixel_refine = nn.Sequential(_conv_bn_relu(mask_dim + stem_dim, mask_dim),
@@ -1288,12 +1381,24 @@ class MaskLatentSegNet(nn.Module):
             self.position_proj(fourier_positions(h, w, device=x.device))   # [B, N, D]
         latents = self.latents.expand(B, -1, -1)
         for read, talk in zip(self.reads, self.talks):
-            latents = talk(read(latents, tokens), latents)                 # read pixels, then each other
+            latents = read(latents, tokens)                                # read the pixels,
+            latents = talk(latents, latents)                               # then each other
         latents = self.norm_latents(latents)                               # [B, K, D]
         up = F.interpolate(self.pixel_proj(local), size=(H, W), mode="bilinear",
                            align_corners=False)
         pixels = self.pixel_refine(torch.cat([up, stem], dim=1))           # [B, E, H, W]
         masks = torch.einsum("bke,behw->bkhw", self.mask_embed(latents), pixels)
+        if self.config["compete"]:
+            # The latents compete for each pixel (Slot Attention's softmax over slots): the
+            # mask probabilities of all latents at a pixel sum to 1. Returned as the logits
+            # whose sigmoid is that probability, so every consumer of mask logits works as is.
+            log_p = masks.log_softmax(dim=1)
+            masks = log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
+        if self.config["pooled_class"]:
+            # The class also reads the encoder's features inside the latent's own mask.
+            weights = F.adaptive_avg_pool2d(masks.sigmoid(), (h, w)).flatten(2)       # [B, K, N]
+            pooled = weights @ local.flatten(2).transpose(1, 2) / weights.sum(-1, keepdim=True).clamp(min=1e-6)
+            latents = latents + self.pool_proj(pooled)
         return self.class_head(latents), masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1313,8 +1418,7 @@ def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> to
     """MaskFormer's semantic inference: score[c] = sum over latents of P(class c) * sigmoid(mask).
     class_logits [B, K, C + 1] (last = "no object"), mask_logits [B, K, H, W] -> [B, C, H, W].
 
-    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
-    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
     """
     probabilities = class_logits.softmax(-1)[..., :-1]
     return torch.einsum("bkc,bkhw->bchw", probabilities, mask_logits.sigmoid())
@@ -1324,8 +1428,7 @@ def segments_of(labels: torch.Tensor, instances: torch.Tensor):
     """One image's segments: the background region (class 0) if present, then each object.
     labels, instances [H, W] -> (classes [S] int64, masks [S, H, W] bool).
 
-    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
-    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
     """
     classes, masks = [], []
     if (labels == 0).any():
@@ -1344,8 +1447,7 @@ def match_segments(cost: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
     segment given the latent that makes the total cost smallest (scipy's
     linear_sum_assignment, an exact solver).
 
-    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
-    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
     """
     from scipy.optimize import linear_sum_assignment
     if cost.shape[0] < cost.shape[1]:
@@ -1368,8 +1470,7 @@ def mask_classification_loss(class_logits: torch.Tensor, mask_logits: torch.Tens
     probability, mask BCE and dice), then class cross-entropy over all latents (unmatched ones
     toward "no object", down-weighted) plus mask BCE and dice over the matched pairs.
 
-    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
-    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
     """
     B, K, C1 = class_logits.shape
     class_targets = torch.full((B, K), C1 - 1, dtype=torch.long, device=class_logits.device)
@@ -1403,8 +1504,7 @@ def predict_instances(model: nn.Module, images: torch.Tensor) -> "tuple[torch.Te
     mask is above 0.5 there. -> (instance map [B, H, W]: 0 = background or unclaimed, else the
     latent's index + 1; class map [B, H, W]).
 
-    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
-    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
     """
     model.eval()
     device = next(model.parameters()).device
@@ -1431,8 +1531,7 @@ def panoptic_quality(pred_instances: torch.Tensor, pred_labels: torch.Tensor,
     Per class: SQ = mean IoU of the matches, RQ = TP / (TP + FP/2 + FN/2), PQ = SQ * RQ;
     returns {"pq", "sq", "rq"} averaged over the classes that occur, and the counts.
 
-    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
-    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    Taught in notebook 08, section "4. The verdict on this run".
     """
     tp, fp, fn = [0] * num_classes, [0] * num_classes, [0] * num_classes
     iou_sum = [0.0] * num_classes
@@ -1471,6 +1570,16 @@ def panoptic_quality(pred_instances: torch.Tensor, pred_labels: torch.Tensor,
             "tp": sum(tp), "fp": sum(fp), "fn": sum(fn)}
 
 
+def mask_owner(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Which latent owns each pixel: the k with the largest P(not "no object") * sigmoid(mask),
+    MaskFormer's panoptic assignment. [B, K, C + 1], [B, K, H, W] -> [B, H, W] latent indices.
+
+    Taught in notebook 08, section "3. Train it, and look at its latents".
+    """
+    present = 1 - class_logits.softmax(-1)[..., -1]                         # [B, K]
+    return (present[..., None, None] * mask_logits.sigmoid()).argmax(1)
+
+
 @torch.no_grad()
 def claims(class_logits: torch.Tensor, mask_logits: torch.Tensor,
            instances: torch.Tensor) -> "list[dict]":
@@ -1478,8 +1587,7 @@ def claims(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     probability is below 0.5 and its thresholded mask has IoU at least 0.5 with the object.
     Per image a dict {object id: latent index, -1 if no latent claims it, -2 if several do}.
 
-    Taught in notebook 07, section "1. Where the tutorial's "latent attention" comes from"
-    (MaskFormer's head, untrained there; training it is the subject of the series' last chapter).
+    Taught in notebook 08, section "3. Train it, and look at its latents".
     """
     present = class_logits.softmax(-1)[..., -1] < 0.5                    # [B, K]
     masks = mask_logits.sigmoid() > 0.5                                     # [B, K, H, W]

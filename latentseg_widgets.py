@@ -1,11 +1,14 @@
 """latentseg_widgets: the series' interactive widgets, built on latentseg_utils.
 
-Two widgets, written to the ipywidgets API that 7.7 (Colab's) and 8 share:
+Three widgets, written to the ipywidgets API that 7.7 (Colab's) and 8 share:
 
     training_panel()                      notebook 05: settings, Train button, progress bar,
                                           live loss / held-out mIoU plot, predictions
     expert_browser(model, images, labels) notebook 06: what each expert (latent) and each
                                           head looks at, one figure redrawn in place
+    latent_masks(model, images)           notebook 08: a mask head's latent picked with a
+                                          slider, its mask over six images, its class
+                                          probability in each title
 
 Each returns an ipywidgets box whose `.controller` holds the widgets and the callbacks,
 so the tests call the callbacks directly (panel.controller.on_train_clicked(None)).
@@ -31,7 +34,8 @@ from IPython.display import clear_output, display
 import latentseg_utils as u
 
 __all__ = ["VARIANTS", "build_model", "check_settings", "TrainingPanel", "training_panel",
-           "ExpertBrowser", "expert_browser", "enable_colab_widgets"]
+           "ExpertBrowser", "expert_browser", "LatentMasks", "latent_masks",
+           "enable_colab_widgets"]
 
 IPYWIDGETS_MAJOR = int(widgets.__version__.split(".")[0])
 _WIDE = {"description_width": "initial"}
@@ -39,7 +43,7 @@ _ERROR_COLOUR = "#b00020"
 
 
 # ---------------------------------------------------------------------------
-# Helpers shared by both widgets
+# Helpers shared by the widgets
 # ---------------------------------------------------------------------------
 
 def enable_colab_widgets() -> bool:
@@ -504,3 +508,99 @@ def expert_browser(model: torch.nn.Module, images: torch.Tensor,
     """
     enable_colab_widgets()
     return ExpertBrowser(model, images, labels).widget
+
+
+# ---------------------------------------------------------------------------
+# The latent masks (notebook 08)
+# ---------------------------------------------------------------------------
+
+class LatentMasks:
+    """Pick a latent of a mask head (u.MaskLatentSegNet) and see its mask over a few images.
+
+    Widgets (attributes): latent (a slider), out; `widget` is the whole browser. Callback:
+    redraw(change=None). The figure (`figure`) is created once and redrawn: one panel per
+    image (at most max_images), the latent's mask (sigmoid, 0 to 1) over the image in grey,
+    titled with the latent's most likely answer in that image (a class or "no object") and
+    its probability. `probabilities` [B, K, C + 1] and `masks` [B, K, H, W] hold what is shown.
+
+    Taught in notebook 08, section "6. Explore it yourself: each latent's mask".
+    """
+
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor, max_images: int = 6):
+        if not hasattr(model, "predict_masks"):
+            raise ValueError(f"latent_masks needs a mask head with predict_masks, such as "
+                             f"u.MaskLatentSegNet; got {type(model).__name__}.")
+        if images.dim() != 4 or len(images) == 0:
+            raise ValueError(f"latent_masks needs images [B, C, H, W] with B >= 1; got "
+                             f"{tuple(images.shape)}.")
+        images = images[:max_images]
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            class_logits, mask_logits = model.predict_masks(images.to(device))
+        model.train(was_training)
+        self.images = images.cpu()
+        self.probabilities = class_logits.softmax(-1).cpu()      # [B, K, C + 1]
+        self.masks = mask_logits.sigmoid().cpu()                  # [B, K, H, W]
+        B, K = self.masks.shape[:2]
+        num_classes = self.probabilities.shape[-1] - 1
+        names = (list(u.CLASS_NAMES) if num_classes == len(u.CLASS_NAMES)
+                 else [f"class {c}" for c in range(num_classes)])
+        self.answer_names = names + ["no object"]
+
+        self.latent = widgets.IntSlider(value=0, min=0, max=K - 1, description="latent",
+                                        style=_WIDE)
+        self.out = widgets.Output()
+        self.figure, axes = plt.subplots(1, B + 1, figsize=(1.9 * B + 0.7, 2.5),
+                                         gridspec_kw={"width_ratios": [1] * B + [0.07]})
+        plt.close(self.figure)                  # redrawn in place; never drawn twice
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+        self.figure.colorbar(ScalarMappable(Normalize(0, 1), cmap="magma"), cax=axes[-1],
+                             label="mask")
+        self._laid_out = False
+        self.latent.observe(self.redraw, names="value")
+        self.widget = widgets.VBox([self.latent, self.out])
+        self.widget.controller = self
+        self.widget.add_class("latentseg-latent-masks")
+        self.redraw()
+
+    def titles(self) -> list:
+        """The panel titles for the current latent: its most likely answer and probability."""
+        k = self.latent.value
+        best = self.probabilities[:, k].argmax(-1)               # [B]
+        return [f"{self.answer_names[int(c)]} {float(self.probabilities[b, k, c]):.2f}"
+                for b, c in enumerate(best)]
+
+    def redraw(self, change=None) -> None:
+        """Redraw the figure for the current latent."""
+        k = self.latent.value
+        B = len(self.images)
+        for b, (ax, title) in enumerate(zip(self.figure.axes[:B], self.titles())):
+            ax.clear()
+            ax.imshow(self.images[b].clamp(0, 1).mean(0).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(self.masks[b, k].numpy(), cmap="magma", vmin=0, vmax=1, alpha=0.8,
+                      interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(title, fontsize=9)
+        self.figure.suptitle(f"latent {k}: its mask over each image; above each, its most likely "
+                             "answer there and its probability", fontsize=10)
+        if not self._laid_out:            # the layout does not change between redraws
+            self.figure.tight_layout(rect=(0, 0, 1, 0.95))
+            self._laid_out = True
+        show_in(self.out, self.figure)
+
+
+def latent_masks(model: torch.nn.Module, images: torch.Tensor) -> widgets.VBox:
+    """Notebook 08's browser of a mask head's latents: a slider picks the latent; its mask
+    (sigmoid) is drawn over each of the first six images, with its class probability in the
+    title.
+
+    model: a mask head with predict_masks (u.MaskLatentSegNet); images [B, 3, H, W].
+    Returns the VBox to display; its `.controller` is the LatentMasks.
+
+    Taught in notebook 08, section "6. Explore it yourself: each latent's mask".
+    """
+    enable_colab_widgets()
+    return LatentMasks(model, images).widget

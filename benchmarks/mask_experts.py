@@ -7,7 +7,8 @@
 series' encoder and latents) and `u.LatentSegNet()` train with the same recipe, steps and
 seeds (`u.run_seeds`) and are scored on the shapes test set: semantic mIoU for both; for the
 mask head also panoptic quality (PQ = SQ x RQ), the share of test objects claimed by exactly
-one latent (`u.claims`) and the number of latents that claim anything. Writes
+one latent (`u.claims`), the number of latents that claim anything, and for both models
+the share of "which shape" that the owning latent tells (`u.specialisation`). Writes
 mask_experts.json, .md and .png to --out and prints PASS/MISS lines. Nothing asserts on time.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import sys
 
 import torch
+import torch.nn.functional as F
 
 import latentseg_utils as u
 
@@ -27,32 +29,50 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = {"mask-head": lambda: u.MaskLatentSegNet(), "final": lambda: u.LatentSegNet()}
 
 
+def _token_classes(labels: torch.Tensor, stride: int = 4) -> torch.Tensor:
+    """Each stride x stride block's majority class (notebook 06's token classes)."""
+    one_hot = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+    return F.avg_pool2d(one_hot, stride).argmax(1)
+
+
 def mask_measures(model, images, labels) -> dict:
-    """PQ, claims and latents used on the evaluation set (mask head only)."""
-    if not hasattr(model, "predict_masks"):
-        return {}
+    """Both models: the mutual-information share of "which shape" carried by which latent a
+    pixel belongs to (`u.specialisation`; for LatentSegNet a token's main expert, as notebook 06
+    measures it). The mask head also: PQ, claims and latents used."""
+    device = next(model.parameters()).device
     n = len(images)
+    model.eval()
+    if not hasattr(model, "predict_masks"):
+        with torch.no_grad():
+            experts = torch.cat([model(images[s:s + 64].to(device), return_attention=True)[1]
+                                 ["pixel"].mean(1).argmax(-1).cpu() for s in range(0, n, 64)])
+        classes = _token_classes(labels)
+        return {"mi_which_shape": u.specialisation(classes.flatten(1), experts, 4,
+                                                   model.config["num_latents"])["which shape"]}
     _, _, instances = u.make_split("shapes", "test", num_images=n, instances=True)
     pred_instances, pred_classes = u.predict_instances(model, images)
     pq = u.panoptic_quality(pred_instances, pred_classes, instances, labels)
-    owners, used = [], set()
+    owners, used, owner_maps = [], set(), []
     with torch.no_grad():
         for start in range(0, n, 64):
-            classes, masks = model.predict_masks(images[start:start + 64].to(
-                next(model.parameters()).device))
-            for claim in u.claims(classes.cpu(), masks.cpu(), instances[start:start + 64]):
+            classes, masks = model.predict_masks(images[start:start + 64].to(device))
+            classes, masks = classes.cpu(), masks.cpu()
+            owner_maps.append(u.mask_owner(classes, masks))
+            for claim in u.claims(classes, masks, instances[start:start + 64]):
                 owners += list(claim.values())
                 used |= {k for k in claim.values() if k >= 0}
+    mi = u.specialisation(labels, torch.cat(owner_maps), 4, model.config["num_latents"])
     return {"pq": pq["pq"], "sq": pq["sq"], "rq": pq["rq"],
             "claimed_once": sum(k >= 0 for k in owners) / max(1, len(owners)),
-            "latents_used": len(used)}
+            "latents_used": len(used), "mi_which_shape": mi["which shape"]}
 
 
 def targets(rows) -> "list[tuple[bool, str]]":
     mask = next(r for r in rows if r["model"] == "mask-head")
     final = next(r for r in rows if r["model"] == "final")
     mean = {k: sum(m[k] for m in mask["measured"]) / len(mask["measured"])
-            for k in ("pq", "sq", "rq", "claimed_once", "latents_used")}
+            for k in ("pq", "sq", "rq", "claimed_once", "latents_used", "mi_which_shape")}
+    final_mi = sum(m["mi_which_shape"] for m in final["measured"]) / len(final["measured"])
     return [
         (mask["mean"] >= final["mean"] - 0.03,
          f"semantic test mIoU at least LatentSegNet()'s minus 0.03: {mask['mean']:.3f} vs "
@@ -61,6 +81,9 @@ def targets(rows) -> "list[tuple[bool, str]]":
                               f"RQ {mean['rq']:.3f})"),
         (mean["claimed_once"] >= 0.90, f"at least 90% of test objects claimed by exactly one "
                                         f"latent: {100 * mean['claimed_once']:.1f}%"),
+        (mean["mi_which_shape"] >= 0.3, f"MI share for which shape at least 0.3: "
+                                         f"{mean['mi_which_shape']:.3f} (LatentSegNet()'s main "
+                                         f"expert: {final_mi:.3f})"),
     ]
 
 
@@ -91,7 +114,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--smoke", action="store_true", help="2 steps, batch 2, 8 test images")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (for a run beside other work)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.steps < 1:
         parser.error(f"argument --steps: {args.steps} must be at least 1")
     options = {"steps": args.steps, "eval_images": 256}
@@ -104,11 +131,23 @@ def main(argv=None) -> int:
     meta = {"command": "python benchmarks/mask_experts.py " + " ".join(argv or sys.argv[1:]),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "device": str(u.get_device()), "torch": torch.__version__}
+            "device": str(u.get_device()), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+    def per_seed(r, key, scale=1.0, digits=3):
+        values = [m.get(key) for m in r.get("measured", [])]
+        if not values or any(v is None for v in values):
+            return ""
+        return ", ".join(f"{scale * v:.{digits}f}" for v in values)
+
     lines = [f"| {r['model']} | {', '.join(f'{s:.3f}' for s in r['miou'])} | {r['mean']:.3f} | "
-             f"{r['spread']:.3f} |" for r in rows]
+             f"{r['spread']:.3f} | {per_seed(r, 'pq')} | {per_seed(r, 'claimed_once', 100, 1)} | "
+             f"{per_seed(r, 'latents_used', 1, 0)} | {per_seed(r, 'mi_which_shape')} |" for r in rows]
     checks = targets(rows)
-    text = "\n".join(["| model | test mIoU per seed | mean | spread |", "|---|---|---:|---:|",
+    header = (f"Mask head against LatentSegNet(), shapes test set, {options['steps']} steps, seeds "
+              f"{args.seeds} (`python benchmarks/mask_experts.py`)")
+    text = "\n".join([header, "", "| model | test mIoU per seed | mean | spread | PQ per seed | "
+                      "% objects claimed once | latents used | MI share, which shape |",
+                      "|---|---|---:|---:|---|---|---|---|",
                       *lines, "", *(f"- **{'PASS' if ok else 'MISS'}** {line}"
                                     for ok, line in checks)]) + "\n"
     with open(stem + ".json", "w") as f:

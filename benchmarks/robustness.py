@@ -49,19 +49,23 @@ MODELS = {
     "unet": (lambda: _small_unet()(), "SmallUNet() of benchmarks/train_budget.py"),
     "tutorial": (lambda: u.SegmentationModel(num_classes=4), "u.SegmentationModel(num_classes=4)"),
     "pixel-1x1": (lambda: u.PixelClassifier(), "u.PixelClassifier()"),
-    # Candidates for the final model's defaults (each one option of LatentSegNet):
-    "final-scale0": (lambda: u.LatentSegNet(attention_scale=0.0),
-                     "u.LatentSegNet(attention_scale=0.0)"),
-    "final-detach": (lambda: u.LatentSegNet(detach_attention=True),
-                     "u.LatentSegNet(detach_attention=True)"),
-    "final-scale0-detach": (lambda: u.LatentSegNet(attention_scale=0.0, detach_attention=True),
-                            "u.LatentSegNet(attention_scale=0.0, detach_attention=True)"),
+    # The candidates the validation grid compared (each one option of LatentSegNet, named by
+    # what differs from today's final model):
+    "attached": (lambda: u.LatentSegNet(detach_attention=False, colour_tokens=False),
+                 "u.LatentSegNet(detach_attention=False, colour_tokens=False): the final model "
+                 "before this grid"),
+    "attached-scale0": (lambda: u.LatentSegNet(detach_attention=False, colour_tokens=False,
+                                               attention_scale=0.0),
+                        "u.LatentSegNet(detach_attention=False, colour_tokens=False, "
+                        "attention_scale=0.0)"),
+    "no-colour": (lambda: u.LatentSegNet(colour_tokens=False),
+                  "u.LatentSegNet(colour_tokens=False)"),
 }
 SHAPES_ONLY = ("tutorial", "pixel-1x1")
 DEFAULT_MODELS = ("final", "twin", "unet", "tutorial", "pixel-1x1")
 COLORS = {"final": "#0072B2", "twin": "#56B4E9", "unet": "#D55E00", "tutorial": "#E69F00",
-          "pixel-1x1": "#999999", "final-scale0": "#009E73", "final-detach": "#CC79A7",
-          "final-scale0-detach": "#F0E442"}   # Okabe-Ito
+          "pixel-1x1": "#999999", "attached": "#CC79A7", "attached-scale0": "#F0E442",
+          "no-colour": "#009E73"}   # Okabe-Ito
 
 
 def attention_measures(model, images, labels) -> dict:
@@ -212,6 +216,8 @@ def merge(args) -> int:
             return 2
     args.split, args.steps, args.seeds = first["split"], first["steps"], first["seeds"]
     rows = [row for part in parts for row in part["results"]]
+    variants, models = list(u.DATA_VARIANTS), list(MODELS)
+    rows.sort(key=lambda r: (variants.index(r["data"]), models.index(r["model"])))
     meta = {**first, "command": " + ".join(p["command"] for p in parts),
             "run": f"{len(parts)} processes side by side, merged",
             "models": {k: v for p in parts for k, v in p["models"].items()}}

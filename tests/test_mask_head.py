@@ -2,6 +2,7 @@
 instance maps, the head's shapes and semantic output, Hungarian matching against brute force,
 the loss, instance inference, panoptic quality on hand-worked cases, and claims."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -118,3 +119,54 @@ def test_claims_needs_one_present_latent_with_iou_at_least_half():
     assert u.claims(classes, masks, instances) == [{1: 0, 2: 1}]
     classes[0, 0, -1] = 20.0
     assert u.claims(classes, masks, instances) == [{1: -1, 2: 1}]
+
+
+def test_mutual_information_and_entropy_on_hand_worked_cases():
+    a = torch.tensor([0, 0, 1, 1])
+    assert u.entropy(a, 2) == pytest.approx(math.log(2))
+    assert u.mutual_information(a, a, 2, 2) == pytest.approx(math.log(2))          # b tells all
+    assert u.mutual_information(a, torch.tensor([0, 1, 0, 1]), 2, 2) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="paired samples"):
+        u.mutual_information(a, a[:3], 2, 2)
+
+
+def test_specialisation_separates_the_three_questions():
+    classes = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    by_shape = u.specialisation(classes, classes.clone(), 4, 4)       # one owner per class
+    assert by_shape == pytest.approx({"all classes": 1.0, "object or background": 1.0,
+                                      "which shape": 1.0})
+    fg_only = u.specialisation(classes, (classes > 0).long(), 4, 2)   # owner: object or not
+    assert fg_only["object or background"] == pytest.approx(1.0)
+    assert fg_only["which shape"] == pytest.approx(0.0)
+
+
+def test_mask_owner_picks_the_present_latent_with_the_strongest_mask():
+    classes = torch.tensor([[[0.0, 5.0, -5.0], [0.0, -5.0, 5.0]]])   # latent 1 is "no object"
+    masks = torch.full((1, 2, 2, 2), -8.0)
+    masks[0, 0, 0] = 3.0           # latent 0 claims the top row
+    masks[0, 1] = 6.0              # latent 1 shouts everywhere but claims no object
+    owner = u.mask_owner(classes, masks)
+    assert owner[0, 0].tolist() == [0, 0]
+    assert owner[0, 1].tolist() == [1, 1]  # nowhere strong: the absent latent's tiny share wins
+
+
+def test_competing_latents_share_each_pixel_and_the_class_reads_the_mask():
+    x, y, instances = u.make_shapes_batch(2, 32, seed=0, instances=True)
+    torch.manual_seed(0)
+    model = u.MaskLatentSegNet(num_latents=6, feature_dim=32, num_heads=2, rounds=1).eval()
+    with torch.no_grad():
+        classes, masks = model.predict_masks(x)
+    assert torch.allclose(masks.sigmoid().sum(1), torch.ones(2, 32, 32), atol=1e-4)
+    free = u.MaskLatentSegNet(num_latents=6, feature_dim=32, num_heads=2, rounds=1,
+                              compete=False, pooled_class=False).eval()
+    assert set(model.state_dict()) - set(free.state_dict()) == {"pool_proj.weight", "pool_proj.bias"}
+    free.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("pool")})
+    with torch.no_grad():
+        free_classes, free_masks = free.predict_masks(x)
+    assert free_masks.sigmoid().sum(1).max() > 1.5            # sigmoids: no competition
+    assert not torch.allclose(classes, free_classes)         # the pooled features moved the class
+    with torch.no_grad():
+        model.pool_proj.weight.zero_(), model.pool_proj.bias.zero_()
+        assert torch.allclose(model.predict_masks(x)[0], free_classes, atol=1e-5)
+    model.train().training_loss(x, y, instances).backward()
+    assert model.pool_proj.weight.grad.abs().sum() > 0

@@ -1,6 +1,7 @@
 """The README's performance figures must be the ones the benchmark scripts wrote."""
 import json
 import re
+import pytest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +66,24 @@ def test_robustness_table_is_the_results_file():
         assert line in README, f"README lacks this row of robustness_validation.md: {line}"
     data = json.loads((RESULTS / "robustness_validation.json").read_text())
     assert all(len(r["miou"]) >= 3 for r in data["results"]), "every row needs 3 seeds or more"
+
+
+def test_robustness_test_grid_and_its_gates_are_quoted():
+    table = (RESULTS / "robustness_test.md").read_text()
+    lines = [line for line in table.splitlines()
+             if (line.startswith("| ") and "---" not in line) or line.startswith("- **")]
+    assert any(line.startswith("- **") for line in lines), "the test grid prints its gates"
+    for line in lines:
+        assert line in README, f"README lacks this line of robustness_test.md: {line}"
+    data = json.loads((RESULTS / "robustness_test.json").read_text())
+    assert data["split"] == "test"
+    assert all(len(r["miou"]) >= 3 for r in data["results"]), "every row needs 3 seeds or more"
+
+
+@pytest.mark.parametrize("name", ["ablation.md", "mask_experts.md"])
+def test_benchmark_tables_are_quoted_from_their_results(name):
+    lines = [line for line in (RESULTS / name).read_text().splitlines()
+             if (line.startswith("| ") and "---" not in line) or line.startswith("- **")]
+    assert lines
+    for line in lines:
+        assert line in README, f"README lacks this line of {name}: {line}"

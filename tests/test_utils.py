@@ -52,7 +52,8 @@ def test_expert_segmentation_shapes_and_weights():
 @pytest.mark.parametrize("make", [
     lambda: u.SegmentationModel(num_classes=4),
     lambda: u.LatentSegNet(),
-    lambda: u.LatentSegNet(encoder_depth=1, positions=False, refine=False, local_loss=0),
+    lambda: u.LatentSegNet(encoder_depth=1, positions=False, refine=False, local_loss=0,
+                           detach_attention=False, colour_tokens=False),
     lambda: u.LatentSegNet(rounds=2),
     lambda: u.LatentSegNet(attention=False),
     lambda: u.PixelClassifier(),
@@ -540,7 +541,7 @@ def test_attention_scale_and_detach_attention_options():
     torch.manual_seed(0)
     detached = u.LatentSegNet(detach_attention=True, local_loss=0)
     torch.manual_seed(0)
-    attached = u.LatentSegNet(local_loss=0)
+    attached = u.LatentSegNet(detach_attention=False, local_loss=0)
     detached.load_state_dict(attached.state_dict())
     detached.eval(), attached.eval()
     assert torch.allclose(detached(x), attached(x))          # same forward pass
@@ -550,4 +551,45 @@ def test_attention_scale_and_detach_attention_options():
         model(x).sum().backward()
         grads.append(model.down[-1][0].weight.grad.clone())
     assert not torch.allclose(grads[0], grads[1])
-    assert plain.config["attention_scale"] is None and plain.config["detach_attention"] is False
+    assert plain.config["attention_scale"] is None
+    assert plain.config["detach_attention"] is True and plain.config["colour_tokens"] is True
+
+
+def test_colour_tokens_let_the_latents_read_the_input_colours():
+    """colour_tokens: what the latents read depends on each block's mean colour through a
+    learned map of its own, so the attention sees colours the encoder may have dropped."""
+    x, _ = small_batch(2, 32)
+    torch.manual_seed(0)
+    with_colours = u.LatentSegNet(colour_tokens=True).eval()
+    torch.manual_seed(0)
+    without = u.LatentSegNet(colour_tokens=False).eval()
+    assert set(with_colours.state_dict()) - set(without.state_dict()) == {
+        "colour_proj.weight", "colour_proj.bias"}
+    without.load_state_dict({k: v for k, v in with_colours.state_dict().items()
+                             if not k.startswith("colour_proj")})
+    _, read_with = with_colours(x, return_attention=True)
+    _, read_without = without(x, return_attention=True)
+    assert not torch.allclose(read_with["latent"], read_without["latent"])
+    with torch.no_grad():
+        with_colours.colour_proj.weight.zero_(), with_colours.colour_proj.bias.zero_()
+    assert torch.allclose(with_colours(x), without(x), atol=1e-6)   # a zero map adds nothing
+    x.requires_grad_(True)
+    with_colours.colour_proj.weight.data.normal_()
+    with_colours.train().training_loss(x, torch.zeros(2, 32, 32, dtype=torch.long)).backward()
+    assert with_colours.colour_proj.weight.grad.abs().sum() > 0
+    assert "colour_proj.weight" not in u.LatentSegNet(attention=False).state_dict()
+
+
+def test_a_checkpoint_from_before_an_option_existed_loads_as_it_was(tmp_path):
+    """colour_tokens came later: a config without it means the model had none."""
+    torch.manual_seed(0)
+    old = u.LatentSegNet(colour_tokens=False).eval()
+    path = tmp_path / "old.pt"
+    u.save_checkpoint(str(path), old)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["colour_tokens"]
+    torch.save(payload, path)
+    loaded, _ = u.load_checkpoint(str(path), device="cpu")
+    assert loaded.config["colour_tokens"] is False
+    x, _ = small_batch(2, 32)
+    assert torch.equal(u.predict(loaded, x), u.predict(old, x))

@@ -266,6 +266,69 @@ def test_expert_browser_refuses_a_model_without_attention(browse_data):
         uw.expert_browser(model, *browse_data)
 
 
+# ---- the latent masks (notebook 08) ---------------------------------------------------
+
+def small_mask_head(num_latents=3):
+    torch.manual_seed(0)
+    return u.MaskLatentSegNet(num_classes=4, feature_dim=16, num_latents=num_latents,
+                              num_heads=2, rounds=1, mask_dim=8)
+
+
+def test_latent_masks_at_every_extreme_with_probabilities_in_the_titles():
+    images, _ = u.make_heldout_set(8, 32)
+    model = small_mask_head()
+    panel = uw.latent_masks(model, images)
+    m = panel.controller
+    assert isinstance(panel, ipywidgets.VBox)
+    assert (m.latent.min, m.latent.max, m.latent.value) == (0, 2, 0)
+    assert len(m.images) == 6 and tuple(m.masks.shape) == (6, 3, 32, 32)   # six images at most
+    with torch.no_grad():
+        class_logits, _ = model.eval().predict_masks(images[:6])
+    probabilities = class_logits.softmax(-1)
+    figure, pngs = m.figure, {png_of(m.out)}
+    for value in (m.latent.max, m.latent.min, 1):        # top, bottom, and one between
+        m.latent.value = value
+        pngs.add(png_of(m.out))
+        titles = [ax.get_title() for ax in figure.axes[:6]]
+        for b, title in enumerate(titles):
+            c = int(probabilities[b, value].argmax())
+            assert title == f"{m.answer_names[c]} {float(probabilities[b, value, c]):.2f}"
+        assert titles == m.titles()
+    assert m.figure is figure and len(figure.axes) == 7     # six panels and a colour bar, redrawn
+    assert len(pngs) == 3
+    assert m.answer_names == list(u.CLASS_NAMES) + ["no object"]
+    assert 0 <= float(m.masks.min()) and float(m.masks.max()) <= 1
+
+
+def test_latent_masks_with_one_latent_and_one_image():
+    images, _ = u.make_heldout_set(1, 32)
+    m = uw.latent_masks(small_mask_head(num_latents=1), images).controller
+    assert (m.latent.min, m.latent.max) == (0, 0)       # a slider whose min equals its max
+    assert png_of(m.out) and len(m.figure.axes) == 2
+
+
+def test_latent_masks_keeps_the_model_mode_and_refuses_what_it_cannot_show():
+    images, _ = u.make_heldout_set(2, 32)
+    model = small_mask_head().train()
+    uw.latent_masks(model, images)
+    assert model.training                                # put back as it was
+    with pytest.raises(ValueError, match="mask head"):
+        uw.latent_masks(u.LatentSegNet(num_classes=4, feature_dim=16), images)
+    with pytest.raises(ValueError, match="B >= 1"):
+        uw.latent_masks(model, images[:0])
+
+
+def test_latent_masks_uses_only_the_api_shared_by_ipywidgets_7_and_8():
+    images, _ = u.make_heldout_set(2, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = uw.latent_masks(small_mask_head(), images).controller
+        m.latent.value = 2
+    ours = [f"{w.category.__name__}: {w.message}" for w in caught
+            if w.filename.endswith("latentseg_widgets.py") or "description_tooltip" in str(w.message)]
+    assert ours == []
+
+
 # ---- Colab and the ipywidgets versions -------------------------------------------------
 
 def test_colab_custom_widget_manager_is_enabled_only_where_needed(monkeypatch):
