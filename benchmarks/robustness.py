@@ -2,7 +2,7 @@
 
     python benchmarks/robustness.py                       # the full grid on the test sets
     python benchmarks/robustness.py --split validation    # the grid that design choices use
-    python benchmarks/robustness.py --models final twin final-scale0 --variants shapes small
+    python benchmarks/robustness.py --models final twin attached --variants shapes small
     python benchmarks/robustness.py --smoke               # a tiny run (what the tests run)
     python benchmarks/robustness.py --merge a.json b.json # one results file from parallel runs
 
