@@ -271,24 +271,31 @@ class AttentionBlock(nn.Module):
     With attention=False only the MLP remains (used to measure what attention adds).
     With attention_scale=s the attention branch is multiplied by a learned per-channel scale
     that starts at s (LayerScale; s=0 starts the block as if it had no attention).
+    residual=False, layer_norm=False and mlp=False take away the residual (each branch then
+    replaces x), the LayerNorms and the MLP: all three False is the tutorial's plain attention,
+    x = Attention(x, context). Notebook 05 switches them on one at a time (steps 1b-1d).
 
     Taught in notebook 05, section "4. The fixes, one at a time".
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 2, attention: bool = True,
-                 attention_scale: Optional[float] = None, detach_query: bool = False):
+                 attention_scale: Optional[float] = None, detach_query: bool = False,
+                 residual: bool = True, layer_norm: bool = True, mlp: bool = True):
         super().__init__()
         _check_heads(dim, num_heads)
         self.use_attention, self.detach_query = attention, detach_query
+        self.residual, self.use_mlp = residual, mlp
+        norm = (lambda: nn.LayerNorm(dim)) if layer_norm else nn.Identity
         if attention:
-            self.norm_x = nn.LayerNorm(dim)
-            self.norm_context = nn.LayerNorm(dim)
+            self.norm_x = norm()
+            self.norm_context = norm()
             self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
             if attention_scale is not None:
                 self.attention_scale = nn.Parameter(torch.full((dim,), float(attention_scale)))
-        self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
-                                 nn.Linear(mlp_ratio * dim, dim))
+        if mlp:
+            self.norm_mlp = norm()
+            self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
+                                     nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
                 return_attention: bool = False):
@@ -303,13 +310,19 @@ class AttentionBlock(nn.Module):
                                                average_attn_weights=False)
             if hasattr(self, "attention_scale"):
                 attended = self.attention_scale * attended
-            x = x + attended
-        x = x + self.mlp(self.norm_mlp(x))
+            x = x + attended if self.residual else attended
+        if self.use_mlp:
+            out = self.mlp(self.norm_mlp(x))
+            x = x + out if self.residual else out
         return (x, weights) if return_attention else x
 
 
-def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+def _conv_bn_relu(c_in: int, c_out: int, batchnorm: bool = True, kernel_size: int = 3) -> nn.Sequential:
+    """Conv + BatchNorm + ReLU (batchnorm=False: Conv with a bias + ReLU, as the tutorial's)."""
+    if not batchnorm:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2),
+                             nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
@@ -342,6 +355,18 @@ class LatentSegNet(nn.Module):
                      (a learned linear projection of the 4x4 block's average), so what the
                      attention can read does not depend on what the convolutions chose to keep
                      (with detach_attention the convolutions never learn to keep a cue for it)
+    and the six that make up the residual design; all False (with encoder_depth=1,
+    positions, refine, local_loss, detach_attention and colour_tokens off) is the tutorial's
+    design written with these parts (notebook 05's step 1a):
+      residual       attention and MLP add to what they read (x + f(x)) instead of replacing it
+      layer_norm     LayerNorm before every attention and MLP, and on the output tokens
+      mlp            an MLP after every attention
+      batchnorm      BatchNorm after every convolution
+      stem           a cheap full-resolution convolution (stem_dim channels) first, then one per
+                     stage after each pool; False is the tutorial's layout (conv, pool, conv,
+                     pool). The refinement path reuses the stem's features, so refine needs it
+      fuse           the encoder's own features concatenated beside the attention's output
+                     before the decoder (a second route around the attention)
 
     [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 4)
 
@@ -354,7 +379,9 @@ class LatentSegNet(nn.Module):
                  local_loss: float = 0.5, encoder_depth: int = 2,
                  stem_dim: int = 8, refine_dim: int = 16,
                  attention_scale: Optional[float] = None, detach_attention: bool = True,
-                 colour_tokens: bool = True):
+                 colour_tokens: bool = True, residual: bool = True, layer_norm: bool = True,
+                 mlp: bool = True, batchnorm: bool = True, stem: bool = True,
+                 fuse: bool = True):
         super().__init__()
         _check_positive(in_channels=in_channels, feature_dim=feature_dim,
                         num_latents=num_latents, rounds=rounds, stem_dim=stem_dim,
@@ -364,42 +391,55 @@ class LatentSegNet(nn.Module):
         _check_heads(feature_dim, num_heads)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes.")
+        if refine and not stem:
+            raise ValueError("refine=True needs the stem's full-resolution features: set stem=True, "
+                             "or refine=False for the tutorial's plain x4 upsample.")
         self.config = dict(in_channels=in_channels, num_classes=num_classes,
                            feature_dim=feature_dim, num_latents=num_latents,
                            num_heads=num_heads, rounds=rounds, positions=positions,
                            refine=refine, attention=attention,
                            stem_dim=stem_dim, refine_dim=refine_dim, local_loss=local_loss,
                            encoder_depth=encoder_depth, attention_scale=attention_scale,
-                           detach_attention=detach_attention, colour_tokens=colour_tokens)
+                           detach_attention=detach_attention, colour_tokens=colour_tokens,
+                           residual=residual, layer_norm=layer_norm, mlp=mlp,
+                           batchnorm=batchnorm, stem=stem, fuse=fuse)
         self.in_channels, self.num_classes = in_channels, num_classes
         self.detach_attention, self.colour_tokens = detach_attention, colour_tokens
         self.use_positions, self.use_refine, self.use_attention = positions, refine, attention
-        self.local_loss = float(local_loss)
+        self.local_loss, self.use_fuse = float(local_loss), fuse
         D = feature_dim
-        self.stem = _conv_bn_relu(in_channels, stem_dim)                   # full resolution
-        def stage(c_in: int, c_out: int) -> list:
-            return [nn.MaxPool2d(2), _conv_bn_relu(c_in, c_out),
-                    *(_conv_bn_relu(c_out, c_out) for _ in range(encoder_depth - 1))]
-        self.down = nn.Sequential(*stage(stem_dim, D // 2), *stage(D // 2, D))    # stride 4
+
+        def convs(c_in: int, c_out: int) -> list:
+            return [_conv_bn_relu(c_in, c_out, batchnorm),
+                    *(_conv_bn_relu(c_out, c_out, batchnorm) for _ in range(encoder_depth - 1))]
+        if stem:
+            self.stem = _conv_bn_relu(in_channels, stem_dim, batchnorm)     # full resolution
+            self.down = nn.Sequential(nn.MaxPool2d(2), *convs(stem_dim, D // 2),
+                                      nn.MaxPool2d(2), *convs(D // 2, D))   # stride 4
+        else:                                                               # the tutorial's layout
+            self.stem = None
+            self.down = nn.Sequential(*convs(in_channels, D // 2), nn.MaxPool2d(2),
+                                      *convs(D // 2, D), nn.MaxPool2d(2))
         if positions:
             self.position_proj = nn.Linear(16, D)
+        block = dict(residual=residual, layer_norm=layer_norm, mlp=mlp)
         if attention:
             self.latents = nn.Parameter(torch.randn(num_latents, D) * 0.02)
             if colour_tokens:
                 self.colour_proj = nn.Linear(in_channels, D)
-            self.reads = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
+            self.reads = nn.ModuleList(AttentionBlock(D, num_heads, **block) for _ in range(rounds))
         self.writes = nn.ModuleList(AttentionBlock(D, num_heads, attention=attention,
                                                    attention_scale=attention_scale,
-                                                   detach_query=detach_attention)
+                                                   detach_query=detach_attention, **block)
                                     for _ in range(rounds))
-        self.norm_out = nn.LayerNorm(D)
+        self.norm_out = nn.LayerNorm(D) if layer_norm else nn.Identity()
         if local_loss > 0:
             self.local_classifier = nn.Conv2d(D, num_classes, 1)
-        self.fuse = nn.Sequential(nn.Conv2d(2 * D, D, 1, bias=False), nn.BatchNorm2d(D),
-                                  nn.ReLU(inplace=True))
+        if fuse:
+            self.fuse = _conv_bn_relu(2 * D, D, batchnorm, kernel_size=1)
         if refine:
             self.refine_proj = nn.Conv2d(D, refine_dim, 1)
-            self.refine = nn.Sequential(_conv_bn_relu(refine_dim + stem_dim, refine_dim),
+            self.refine = nn.Sequential(_conv_bn_relu(refine_dim + stem_dim, refine_dim, batchnorm),
                                         nn.Conv2d(refine_dim, num_classes, 1))
         else:
             self.classifier = nn.Conv2d(D, num_classes, 1)
@@ -408,7 +448,7 @@ class LatentSegNet(nn.Module):
         """-> (logits [B, C, H, W], local logits [B, C, h, w] or None, attention dict)."""
         _check_images(x, self.in_channels)
         H, W = x.shape[-2:]
-        stem = self.stem(x)                                          # [B, S, H, W]
+        stem = self.stem(x) if self.stem is not None else x          # [B, S, H, W]
         local = self.down(stem)                                      # [B, D, h, w]: the encoder's own view
         B, D, h, w = local.shape
         local_logits = self.local_classifier(local) if self.local_loss > 0 else None
@@ -435,7 +475,8 @@ class LatentSegNet(nn.Module):
                 latents = apply(self.reads[i], latents, context, "latent")  # latents read pixels
             tokens = apply(write, tokens, latents, "pixel")                # pixels read latents
         features = self.norm_out(tokens).transpose(1, 2).reshape(B, D, h, w)
-        features = self.fuse(torch.cat([local, features], dim=1))   # attention beside, not over, local
+        if self.use_fuse:
+            features = self.fuse(torch.cat([local, features], dim=1))   # attention beside, not over, local
         if self.use_refine:
             up = F.interpolate(self.refine_proj(features), size=(H, W), mode="bilinear",
                                align_corners=False)
@@ -466,19 +507,52 @@ class LatentSegNet(nn.Module):
 # Notebook 05's ablation: each step switches on one more option of LatentSegNet; the last is
 # LatentSegNet() with its defaults. benchmarks/ablation.py trains every step over seeds.
 ABLATION_STEPS = {}
-ABLATION_STEPS["1 residual pre-norm blocks"] = dict(
+ABLATION_STEPS["1a the tutorial's design in LatentSegNet's parts"] = dict(
     encoder_depth=1, positions=False, refine=False, local_loss=0.0, detach_attention=False,
-    colour_tokens=False)
-ABLATION_STEPS["2 + positions"] = dict(ABLATION_STEPS["1 residual pre-norm blocks"], positions=True)
-ABLATION_STEPS["3 + full-resolution refinement"] = dict(ABLATION_STEPS["2 + positions"], refine=True)
-ABLATION_STEPS["4 + local loss on the encoder"] = dict(
-    ABLATION_STEPS["3 + full-resolution refinement"], local_loss=0.5)
-ABLATION_STEPS["5 + deeper encoder"] = dict(ABLATION_STEPS["4 + local loss on the encoder"],
-                                            encoder_depth=2)
-ABLATION_STEPS["6 + attention reads without teaching"] = dict(
-    ABLATION_STEPS["5 + deeper encoder"], detach_attention=True)
-ABLATION_STEPS["7 + latents read block colours"] = dict(
-    ABLATION_STEPS["6 + attention reads without teaching"], colour_tokens=True)
+    colour_tokens=False, residual=False, layer_norm=False, mlp=False, batchnorm=False,
+    stem=False, fuse=False)
+_previous = "1a the tutorial's design in LatentSegNet's parts"
+for _name, _option in (("1b + residual", dict(residual=True)),
+                       ("1c + LayerNorm", dict(layer_norm=True)),
+                       ("1d + MLP", dict(mlp=True)),
+                       ("1e + BatchNorm", dict(batchnorm=True)),
+                       ("1f + full-resolution stem", dict(stem=True)),
+                       ("1g + encoder features beside the attention", dict(fuse=True)),
+                       ("2 + positions", dict(positions=True)),
+                       ("3 + full-resolution refinement", dict(refine=True)),
+                       ("4 + local loss on the encoder", dict(local_loss=0.5)),
+                       ("5 + deeper encoder", dict(encoder_depth=2)),
+                       ("6 + attention reads without teaching", dict(detach_attention=True)),
+                       ("7 + latents read block colours", dict(colour_tokens=True))):
+    ABLATION_STEPS[_name] = dict(ABLATION_STEPS[_previous], **_option)
+    _previous = _name
+del _name, _option, _previous
+
+
+def ablation_rows() -> "list[tuple[str, Callable[[], nn.Module], Optional[str]]]":
+    """Notebook 05's ablation table, row by row: (name, a function that builds the model, the
+    name of the row it is compared with). The tutorial's model, every step of ABLATION_STEPS
+    (step 1a against the tutorial's model: the same design rewritten with LatentSegNet's
+    parts), step 1e's BatchNorm in the other order (on step 1a, before the block's residual,
+    LayerNorm and MLP), and the twins without attention of steps 3 and 7. benchmarks/ablation.py trains
+    them over seeds, and so does notebook 05 itself on a GPU.
+
+    Taught in notebook 05, section "4. The fixes, one at a time".
+    """
+    rows = [("0 tutorial's model", lambda: SegmentationModel(num_classes=4), None)]
+    previous, first = rows[0][0], next(iter(ABLATION_STEPS))
+    for name, config in ABLATION_STEPS.items():
+        rows.append((name, lambda c=config: LatentSegNet(**c), previous))
+        if name.startswith("1e "):     # the other order: BatchNorm before steps 1b-1d
+            rows.append(("1e' BatchNorm alone: step 1a + BatchNorm",
+                         lambda: LatentSegNet(**dict(ABLATION_STEPS[first], batchnorm=True)), first))
+        if name.startswith("3 "):
+            rows.append(("3' step 3 without attention",
+                         lambda c=config: LatentSegNet(**dict(c, attention=False)), name))
+        previous = name
+    rows.append(("7' step 7 without attention",
+                 lambda c=config: LatentSegNet(**dict(c, attention=False)), previous))
+    return rows
 
 
 class PixelClassifier(nn.Module):
@@ -548,6 +622,18 @@ def _shape_masks(kinds: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor
     return torch.where(k == 1, circle, torch.where(k == 2, square, triangle))
 
 
+def _cue_mask(where: str, size: int) -> torch.Tensor:
+    """Where the long-range variants' cue is drawn: [size, size] bool."""
+    cue = torch.zeros(size, size, dtype=torch.bool)
+    if where == "frame":
+        k = size // 16
+        cue[:] = True
+        cue[k:size - k, k:size - k] = False
+    else:
+        cue[:max(2, size // 10), :max(2, size // 10)] = True
+    return cue
+
+
 def _add_key(images: torch.Tensor, labels: torch.Tensor, kinds: torch.Tensor,
              num_objects: torch.Tensor, g: torch.Generator, where: str = "frame"):
     """The long-range variants: a cue in one of KEY_COLORS names one shape kind of the
@@ -558,13 +644,7 @@ def _add_key(images: torch.Tensor, labels: torch.Tensor, kinds: torch.Tensor,
     pick = (torch.rand(B, generator=g) * num_objects.view(B)).long()
     key_kind = kinds.gather(1, pick.view(B, 1)).view(B, 1, 1)
     labels = torch.where(labels == key_kind, labels, 0)
-    cue = torch.zeros(S, S, dtype=torch.bool)
-    if where == "frame":
-        k = S // 16
-        cue[:] = True
-        cue[k:S - k, k:S - k] = False
-    else:
-        cue[:max(2, S // 10), :max(2, S // 10)] = True
+    cue = _cue_mask(where, S)
     images = torch.where(cue, KEY_COLORS[key_kind.view(B) - 1].view(B, 3, 1, 1), images)
     return images, torch.where(cue, 0, labels)
 
@@ -806,6 +886,54 @@ def specialisation(classes: torch.Tensor, owner: torch.Tensor, num_classes: int,
             "which shape": share(shape, owner[objects], num_classes - 1)}
 
 
+DISTANCE_EDGES = (1, 8, 16, 24, 32, 48, 64, 91)   # pixels from the cue; 64-px images
+
+
+def cue_distance(variant: str, image_size: int = 64) -> torch.Tensor:
+    """For a long-range variant (LONG_RANGE_VARIANTS): each pixel's distance, in pixels, to
+    the nearest pixel of the cue that names the target (0 on the cue). [H, W] float.
+
+    Taught in notebook 05, section "6. Does the latent attention earn its place?".
+    """
+    where = _variant_options(variant).get("key")
+    if not where:
+        raise ValueError(f"variant {variant!r} has no cue; use one of {LONG_RANGE_VARIANTS}.")
+    where = "frame" if where in (True, "frame") else where
+    cue = _cue_mask(where, image_size)
+    grid = torch.stack(torch.meshgrid(torch.arange(image_size), torch.arange(image_size),
+                                      indexing="ij"), -1).reshape(-1, 2).float()
+    return torch.cdist(grid, grid[cue.reshape(-1)]).min(1).values.reshape(image_size, image_size)
+
+
+def accuracy_by_distance(prediction: torch.Tensor, labels: torch.Tensor, distance: torch.Tensor,
+                         edges: "tuple[float, ...]" = DISTANCE_EDGES) -> "list[float]":
+    """Accuracy on object pixels (truth or prediction not background) in each distance band
+    [edges[i], edges[i+1]) of `distance` [H, W] (cue_distance); nan where a band has none.
+
+    Taught in notebook 05, section "6. Does the latent attention earn its place?".
+    """
+    objects = (labels > 0) | (prediction > 0)
+    correct = prediction == labels
+    accuracy = []
+    for lo, hi in zip(edges, edges[1:]):
+        band = ((distance >= lo) & (distance < hi)).expand_as(labels) & objects
+        accuracy.append(float(correct[band].float().mean()) if band.any() else float("nan"))
+    return accuracy
+
+
+def distance_measure(variant: str, edges: "tuple[float, ...]" = DISTANCE_EDGES) -> Callable:
+    """A `measure` for run_seeds on a long-range variant: the trained model's
+    accuracy_by_distance on the evaluation set, as {"accuracy_by_distance": [...]}.
+
+    Taught in notebook 05, section "6. Does the latent attention earn its place?".
+    """
+    def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        distance = cue_distance(variant, labels.shape[-1])
+        return {"accuracy_by_distance": accuracy_by_distance(predict(model, images), labels,
+                                                             distance, edges)}
+    return measure
+
+
 # ---------------------------------------------------------------------------
 # 5. Training, evaluation, checkpoints
 # ---------------------------------------------------------------------------
@@ -991,6 +1119,27 @@ def is_finding(scores_a: "list[float]", scores_b: "list[float]") -> bool:
     same_sign = all(g > 0 for g in gaps) or all(g < 0 for g in gaps)
     a, b = seed_summary(scores_a), seed_summary(scores_b)
     return same_sign and abs(a["mean"] - b["mean"]) > max(a["spread"], b["spread"])
+
+
+def seed_table(rows: "list[dict]", against: "dict[str, str] | None" = None) -> str:
+    """run_seeds's rows as a markdown table: mIoU per seed, mean, spread and, for a row named
+    in `against` (row name -> the name of the row it is compared with), the gap of the means
+    and is_finding's verdict ("a finding" or "no measurable difference").
+
+    Taught in notebook 05, section "4. The fixes, one at a time".
+    """
+    by_name, against = {r["model"]: r for r in rows}, against or {}
+    lines = ["| row | mIoU per seed | mean | spread | against | verdict |",
+             "|---|---|---:|---:|---|---|"]
+    for r in rows:
+        other, verdict = against.get(r["model"]), ""
+        if other in by_name:
+            gap = r["mean"] - by_name[other]["mean"]
+            verdict = (f"{gap:+.3f}, a finding" if is_finding(r["miou"], by_name[other]["miou"])
+                       else f"{gap:+.3f}, no measurable difference")
+        lines.append(f"| {r['model']} | {', '.join(f'{s:.3f}' for s in r['miou'])} | "
+                     f"{r['mean']:.3f} | {r['spread']:.3f} | {other or ''} | {verdict} |")
+    return "\n".join(lines)
 
 
 def run_seeds(models: "dict[str, Callable[[], nn.Module]]", variants: "list[str]",
@@ -1258,6 +1407,54 @@ def plot_history(history: dict, title: str = "Training", reference_loss: Optiona
         miou_ax.text(0.5, 0.5, "no held-out set", ha="center", va="center",
                      transform=miou_ax.transAxes, color="grey")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_seed_strip(rows: "list[dict]", title: str = "One dot per seed",
+                    xlabel: str = "row", ylabel: str = "mIoU (dot = seed)"):
+    """run_seeds's rows as a strip plot: a dot per seed and a bar at the mean, one column per
+    row, labelled by the first word of the row's name ("1e'", "7").
+
+    Taught in notebook 05, section "4. The fixes, one at a time".
+    """
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * len(rows)), 3.4))
+    for i, r in enumerate(rows):
+        ax.scatter([i] * len(r["miou"]), r["miou"], s=14, color=CLASS_COLORS[5])
+        ax.hlines(r["mean"], i - 0.3, i + 0.3, color=CLASS_COLORS[5])
+    ax.set_xticks(range(len(rows)), [r["model"].split(" ")[0] for r in rows])
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1), title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_by_distance(rows: "list[dict]", edges: "tuple[float, ...]" = DISTANCE_EDGES,
+                              title: str = "Accuracy on object pixels by distance from the cue"):
+    """run_seeds's rows measured with distance_measure: one panel per data variant, one
+    colour per model, a dot per seed and a line through the means of each distance band.
+
+    Taught in notebook 05, section "6. Does the latent attention earn its place?".
+    """
+    import matplotlib.pyplot as plt
+    variants = list(dict.fromkeys(r["data"] for r in rows))
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.4), squeeze=False)
+    labels = [f"{lo}-{hi}" for lo, hi in zip(edges, edges[1:])]
+    for ax, variant in zip(axes[0], variants):
+        bands = len(labels)
+        for i, r in enumerate(r for r in rows if r["data"] == variant):
+            colour = CLASS_COLORS[5 + i % 3]
+            per_seed = torch.tensor([m["accuracy_by_distance"] for m in r["measured"]])
+            bands = int((~per_seed.isnan().all(0)).nonzero().max()) + 1   # bands the images reach
+            for seed_values in per_seed[:, :bands]:
+                ax.scatter(range(bands), seed_values, s=10, color=colour, alpha=0.6)
+            ax.plot(range(bands), per_seed[:, :bands].mean(0), "-", color=colour, label=r["model"])
+        labels_here = labels[:bands]
+        ax.set(xticks=range(bands), title=variant, ylim=(0, 1.02),
+               xlabel="distance from the cue (pixels)", ylabel="accuracy on object pixels")
+        ax.set_xticklabels(labels_here, fontsize=8)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title + " (dot = seed, line = mean)")
     fig.tight_layout()
     return fig
 

@@ -6,7 +6,7 @@ of `u.LatentSegNet` from the step before, trained with the same recipe and budge
     python benchmarks/ablation.py --merge a.json b.json  # one results file from parallel parts
     python benchmarks/ablation.py --smoke         # a tiny run (what the tests run)
 
-Rows: the tutorial's model, the seven steps, and two twins without attention (step 3's and
+Rows: the tutorial's model, the steps (1a-1g, then 2-7), and two twins without attention (step 3's and
 the final step's), each over seeds 0, 1, 2 on the shapes data, scored on the validation set
 (the one choices look at); the final step is also scored on the test set. `u.run_seeds` is
 the runner, so "mean", "spread" and "worst" mean what they mean everywhere in the series, and
@@ -35,19 +35,8 @@ FINAL = STEPS[-1]
 
 
 def rows_spec() -> "list[tuple[str, callable, str | None]]":
-    """(row name, model builder, the row it is compared with)."""
-    spec = [("0 tutorial's model", lambda: u.SegmentationModel(num_classes=4), None)]
-    previous = None
-    for name in STEPS:
-        config = u.ABLATION_STEPS[name]
-        spec.append((name, lambda c=config: u.LatentSegNet(**c), previous))
-        previous = name
-        if name.startswith("3 "):
-            spec.append(("3' step 3 without attention",
-                         lambda c=config: u.LatentSegNet(**dict(c, attention=False)), name))
-    spec.append(("7' step 7 without attention",
-                 lambda: u.LatentSegNet(**dict(u.ABLATION_STEPS[FINAL], attention=False)), FINAL))
-    return spec
+    """(row name, model builder, the row it is compared with): the module's u.ablation_rows."""
+    return u.ablation_rows()
 
 
 def test_score(model, images, labels) -> dict:
@@ -58,21 +47,10 @@ def test_score(model, images, labels) -> dict:
 
 def write_outputs(rows, stem, meta) -> str:
     by = {r["model"]: r for r in rows}
-    compare = {name: against for name, _, against in rows_spec()}
+    compare = {name: against for name, _, against in rows_spec() if against}
     lines = [f"Notebook 05's ablation over seeds, shapes validation set, {meta['steps']} steps, "
              f"seeds {meta['seeds']} (`python benchmarks/ablation.py`)", "",
-             "| row | mIoU per seed | mean | spread | against | verdict |",
-             "|---|---|---:|---:|---|---|"]
-    for r in rows:
-        against = compare.get(r["model"])
-        verdict = ""
-        if against in by:
-            other = by[against]
-            gap = r["mean"] - other["mean"]
-            verdict = (f"{gap:+.3f}, a finding" if u.is_finding(r["miou"], other["miou"])
-                       else f"{gap:+.3f}, no measurable difference")
-        lines.append(f"| {r['model']} | {', '.join(f'{s:.3f}' for s in r['miou'])} | "
-                     f"{r['mean']:.3f} | {r['spread']:.3f} | {against or ''} | {verdict} |")
+             u.seed_table(rows, compare)]
     if FINAL in by and by[FINAL].get("measured"):
         tests = [m["test_miou"] for m in by[FINAL]["measured"]]
         lines += ["", f"Final step on the test set: {', '.join(f'{t:.3f}' for t in tests)} "
@@ -85,15 +63,9 @@ def write_outputs(rows, stem, meta) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=80)
-    for i, r in enumerate(rows):
-        ax.scatter([i] * len(r["miou"]), r["miou"], s=14, color="#0072B2")
-        ax.hlines(r["mean"], i - 0.3, i + 0.3, color="#0072B2")
-    ax.set_xticks(range(len(rows)), [r["model"].split(" ")[0] for r in rows])
-    ax.set(xlabel="ablation row (notebook 05)", ylabel="validation mIoU (dot = seed)", ylim=(0, 1),
-           title="Notebook 05's ablation, one dot per seed")
-    fig.tight_layout()
-    fig.savefig(stem + ".png")
+    fig = u.plot_seed_strip(rows, title="Notebook 05's ablation, one dot per seed",
+                            xlabel="ablation row (notebook 05)", ylabel="validation mIoU (dot = seed)")
+    fig.savefig(stem + ".png", dpi=80)
     plt.close(fig)
     return text
 

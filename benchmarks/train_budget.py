@@ -6,7 +6,8 @@ One run, same data stream, same machine, same seed, for:
   final               u.LatentSegNet(), the series' final model (notebook 05)
   final-no-attention  u.LatentSegNet(attention=False), the same model, every attention layer removed
   step1               u.LatentSegNet(encoder_depth=1, positions=False, refine=False, local_loss=0,
-                      detach_attention=False, colour_tokens=False), notebook 05's first ablation step (pre-norm residual blocks only)
+                      detach_attention=False, colour_tokens=False), notebook 05's ablation step 1g (every
+                      option of step 1 on; positions, refinement, local loss and steps 5-7 off)
   pixel-1x1           u.PixelClassifier(), each pixel classified from its own colour (1x1 convs)
   unet                SmallUNet (defined below), the baseline a practitioner would reach for:
                       4 levels (widths 8, 16, 32, 80; the bottleneck at stride 8) of
@@ -153,7 +154,8 @@ MODELS = {
     "step1": (lambda: u.LatentSegNet(**STEP1),
               "u.LatentSegNet(encoder_depth=1, positions=False, refine=False, local_loss=0, "
               "detach_attention=False, colour_tokens=False)",
-              "notebook 05's first ablation step: pre-norm residual attention blocks only"),
+              "notebook 05's ablation step 1g: every option of step 1 on; positions, refinement, "
+              "local loss and steps 5-7 off"),
     "pixel-1x1": (lambda: u.PixelClassifier(), "u.PixelClassifier()",
                   "per-pixel baseline: 1x1 convolutions, a pixel's own colour only"),
     "unet": (lambda: SmallUNet(), "SmallUNet(widths=(8, 16, 32, 80)) (in this script)",

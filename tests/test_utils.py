@@ -57,6 +57,7 @@ def test_expert_segmentation_shapes_and_weights():
     lambda: u.LatentSegNet(rounds=2),
     lambda: u.LatentSegNet(attention=False),
     lambda: u.PixelClassifier(),
+    *(lambda c=c: u.LatentSegNet(**c) for c in u.ABLATION_STEPS.values()),
 ])
 def test_models_output_shape_and_gradients_reach_every_parameter(make):
     torch.manual_seed(0)
@@ -126,6 +127,7 @@ def test_heads_that_do_not_divide_the_width_are_refused(build):
     (lambda: u.LatentSegNet(num_latents=0), "num_latents"),
     (lambda: u.LatentSegNet(encoder_depth=0), "encoder_depth"),
     (lambda: u.LatentSegNet(local_loss=-1), "local_loss"),
+    (lambda: u.LatentSegNet(stem=False), "stem"),
 ])
 def test_impossible_settings_are_refused(build, word):
     with pytest.raises(ValueError, match=word):
@@ -593,3 +595,90 @@ def test_a_checkpoint_from_before_an_option_existed_loads_as_it_was(tmp_path):
     assert loaded.config["colour_tokens"] is False
     x, _ = small_batch(2, 32)
     assert torch.equal(u.predict(loaded, x), u.predict(old, x))
+
+
+def test_step_1a_is_the_tutorials_design_in_latentsegnets_parts():
+    """All six options of step 1 off: no LayerNorm, BatchNorm, MLP, stem or fuse; the encoder is
+    the tutorial's conv-pool-conv-pool, and each attention replaces what it reads."""
+    torch.manual_seed(0)
+    model = u.LatentSegNet(**u.ABLATION_STEPS["1a the tutorial's design in LatentSegNet's parts"])
+    kinds = {type(m) for m in model.modules()}
+    assert not kinds & {torch.nn.LayerNorm, torch.nn.BatchNorm2d}
+    assert model.stem is None and not hasattr(model, "fuse")
+    assert [type(m) for m in model.down] == [torch.nn.Sequential, torch.nn.MaxPool2d,
+                                              torch.nn.Sequential, torch.nn.MaxPool2d]
+    assert [tuple(m[0].weight.shape[:2]) for m in model.down if isinstance(m, torch.nn.Sequential)] == \
+        [(32, 3), (64, 32)]                                # the tutorial's two convolutions
+    assert all(not hasattr(b, "mlp") for b in [*model.reads, *model.writes])
+    # no residual: the pixels' output is the attention's alone, so changing the tokens that go
+    # in changes nothing when the latents are fixed and the attention looks elsewhere
+    block = model.writes[0].eval()
+    x, context = torch.randn(1, 5, 64), torch.randn(1, 3, 64)
+    attended, _ = block.attention(x, context, context)
+    assert torch.allclose(block(x, context), attended, atol=1e-6)
+
+
+@pytest.mark.parametrize("option", ["residual", "layer_norm", "mlp"])
+def test_attention_block_options_each_change_the_block(option):
+    torch.manual_seed(0)
+    full = u.AttentionBlock(16, 2).eval()
+    torch.manual_seed(0)
+    less = u.AttentionBlock(16, 2, **{option: False}).eval()
+    less.load_state_dict(full.state_dict(), strict=False)
+    x, context = torch.randn(2, 4, 16), torch.randn(2, 6, 16)
+    assert not torch.allclose(full(x, context), less(x, context), atol=1e-4)
+    if option == "residual":          # without the residual: x = MLP(LN(Attention(...)))
+        attended, _ = full.attention(full.norm_x(x), full.norm_context(context),
+                                     full.norm_context(context))
+        assert torch.allclose(less(x, context), full.mlp(full.norm_mlp(attended)), atol=1e-5)
+
+
+def test_ablation_rows_compare_each_row_with_one_that_differs_by_one_option():
+    rows = u.ablation_rows()
+    names = [name for name, _, _ in rows]
+    assert len(names) == len(set(names)) == len(u.ABLATION_STEPS) + 4
+    for name, build, against in rows[2:]:      # rows 0 and 1a: the tutorial's model, rewritten
+        mine, other = build().config, next(b for n, b, _ in rows if n == against)().config
+        assert len({k for k in mine if mine[k] != other[k]}) == 1, (name, against)
+
+
+def test_seed_table_gives_verdicts_by_the_series_rule():
+    rows = [{"model": "a", "miou": [0.5, 0.52, 0.51], "mean": 0.51, "spread": 0.02},
+            {"model": "b", "miou": [0.7, 0.71, 0.72], "mean": 0.71, "spread": 0.02},
+            {"model": "c", "miou": [0.8, 0.6, 0.75], "mean": 0.7167, "spread": 0.2}]
+    table = u.seed_table(rows, {"b": "a", "c": "b"}).splitlines()
+    assert table[3] == "| b | 0.700, 0.710, 0.720 | 0.710 | 0.020 | a | +0.200, a finding |"
+    assert table[4].endswith("| b | +0.007, no measurable difference |")
+    assert table[2].endswith("|  |  |")
+
+
+def test_cue_distance_and_accuracy_by_distance():
+    frame, corner = u.cue_distance("frame_key"), u.cue_distance("corner_key")
+    assert frame.shape == corner.shape == (64, 64)
+    assert frame[0, 10] == 0 and frame[4, 32] == 1 and frame[32, 32] == 28   # the frame is 4 px
+    assert corner[0, 0] == 0 and corner[5, 5] == 0 and corner[6, 5] == 1     # a 6-px square
+    assert corner[63, 63] == pytest.approx(58 * 2 ** 0.5)
+    with pytest.raises(ValueError, match="no cue"):
+        u.cue_distance("shapes")
+    images, labels = u.make_split("corner_key", "validation", num_images=16)
+    distance = u.cue_distance("corner_key")
+    perfect = [a for a in u.accuracy_by_distance(labels, labels, distance) if not math.isnan(a)]
+    assert len(perfect) >= 5 and all(a == 1 for a in perfect)
+    wrong = torch.where(labels > 0, 0, labels)                  # every object missed
+    missed = [a for a in u.accuracy_by_distance(wrong, labels, distance) if not math.isnan(a)]
+    assert len(missed) == len(perfect) and all(a == 0 for a in missed)
+    bands = u.accuracy_by_distance(labels, labels, u.cue_distance("frame_key"))
+    assert all(math.isnan(a) for a in bands[4:])                # no pixel is 32 px from a frame
+
+
+def test_distance_measure_and_its_plot():
+    torch.manual_seed(0)
+    rows = u.run_seeds({"final": lambda: u.LatentSegNet(feature_dim=16, num_heads=2),
+                        "twin": lambda: u.LatentSegNet(feature_dim=16, num_heads=2, attention=False)},
+                       ["corner_key"], steps=1, batch_size=2, eval_images=4, progress=False,
+                       measure=u.distance_measure("corner_key"))
+    assert [len(m["accuracy_by_distance"]) for m in rows[0]["measured"]] == \
+        [len(u.DISTANCE_EDGES) - 1] * 3
+    fig = u.plot_accuracy_by_distance(rows)
+    assert fig.axes[0].get_title() == "corner_key" and len(fig.axes[0].lines) == 2
+    plt.close(fig)
