@@ -24,7 +24,9 @@
 # latent attention earns its place and when it does not.
 #
 # **Run time:** eighteen trainings, about five minutes on the CPU this copy was run on (the
-# tables' `seconds` column shows what each training took); far less on a GPU.
+# tables' `seconds` column shows what each training took). On a GPU each training is far faster,
+# but the notebook then also reruns its two multi-seed grids itself (63 more trainings, sections
+# 4 and 6); how long that takes has not been measured yet.
 #
 # **What you will learn**
 # 1. How the tutorial's `SegmentationModel` does on a data set it *can* learn (notebook 04): it stalls.
