@@ -1065,7 +1065,9 @@ def train(model: nn.Module, steps: int = 600, batch_size: int = 16, lr: float = 
 
     from tqdm.auto import tqdm
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc="training", disable=not progress, leave=True)
+    # One refresh a second at most: in Jupyter every refresh is a widget message, and a cell that
+    # sends thousands of them can overflow the kernel's output queue (nbval then loses the cell's end).
+    bar = tqdm(range(steps), desc="training", disable=not progress, leave=True, mininterval=1.0)
     try:
         for step in bar:
             images, labels, *extra = data(batch_size, image_size, seed=generator)
