@@ -343,7 +343,8 @@ class LatentSegNet(nn.Module):
                      offers an easier global cue (0 switches it off)
       encoder_depth  conv layers per encoder stage (1 = the tutorial's two-conv encoder)
       rounds         read/write rounds of attention
-      attention      False removes every attention layer (the pixel path alone; the MLPs stay)
+      attention      False removes every attention layer and the latents (the pixel path
+                     alone; the pixels' MLP stays)
       attention_scale None, or the start value of a learned per-channel scale on what the
                      pixels read from the latents (0: the model starts as its no-attention twin)
       detach_attention  True: the attention reads the encoder's tokens (the latents' keys and
@@ -355,9 +356,9 @@ class LatentSegNet(nn.Module):
                      (a learned linear projection of the 4x4 block's average), so what the
                      attention can read does not depend on what the convolutions chose to keep
                      (with detach_attention the convolutions never learn to keep a cue for it)
-    and the six that make up the residual design; all False (with encoder_depth=1,
+    and the six options of notebook 05's steps 1b-1g; all six False (with encoder_depth=1 and
     positions, refine, local_loss, detach_attention and colour_tokens off) is the tutorial's
-    design written with these parts (notebook 05's step 1a):
+    design written with these parts (step 1a):
       residual       attention and MLP add to what they read (x + f(x)) instead of replacing it
       layer_norm     LayerNorm before every attention and MLP, and on the output tokens
       mlp            an MLP after every attention
