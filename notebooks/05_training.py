@@ -391,7 +391,7 @@ show_table(table[-4:])
 # before. So the route around the attention that section 3b asked for is not, by itself, what
 # the model lacks at this budget: something else holds it on the floor.
 #
-# ### Step 1e: BatchNorm in the encoder
+# ### Step 1e: BatchNorm after every convolution
 #
 # After every convolution, BatchNorm rescales each channel to mean 0 and variance 1 over the
 # batch (then by a learned scale and shift). Every convolution then hands the next layer inputs
