@@ -9,6 +9,8 @@ Read it top to bottom in the order the series teaches it:
 4. Metrics                                  (confusion_matrix, per_class_iou, mean_iou, ...)
 5. Training                                 (train, evaluate, save_checkpoint, load_checkpoint)
 6. Plotting                                 (plot_samples, plot_predictions, plot_history, ...)
+7. Latents that become segments             (MaskLatentSegNet, predict_instances,
+                                             connected_component_instances, panoptic_quality, ...)
 
 Shapes are written as [B, C, H, W] for images, [B, H, W] for label maps and
 [B, N, D] for token sequences (N = number of tokens, D = their width).
@@ -32,10 +34,11 @@ __all__ = [
     "CLASS_NAMES", "KEY_COLORS", "HELDOUT_SEED", "VALIDATION_SEED", "DATA_VARIANTS",
     "LONG_RANGE_VARIANTS", "variant_data", "make_split", "fourier_positions", "make_shapes_batch", "make_noise_batch", "make_heldout_set",
     "confusion_matrix", "per_class_iou", "mean_iou", "pixel_accuracy",
-    "get_device", "train", "evaluate", "predict", "seed_summary", "is_finding", "run_seeds", "save_checkpoint", "load_checkpoint",
+    "get_device", "train", "evaluate", "predict", "seed_summary", "is_finding", "run_seeds", "checkpoint_path", "save_checkpoint", "load_checkpoint",
     "CLASS_COLORS", "class_colormap", "plot_samples", "plot_predictions", "plot_history",
     "plot_attention", "MaskLatentSegNet", "semantic_scores", "segments_of", "match_segments",
-    "mask_classification_loss", "predict_instances", "panoptic_quality", "claims",
+    "mask_classification_loss", "predict_instances", "connected_component_instances",
+    "MATCH_IOU", "panoptic_quality", "claims",
 ]
 
 
@@ -1204,6 +1207,24 @@ _ADDED_OPTIONS = {"LatentSegNet": {"colour_tokens": False}}   # option: its valu
 _CHECKPOINT_FORMAT = "latentseg-checkpoint-1"
 
 
+CHECKPOINT_DIR_VARIABLE = "LATENTSEG_CHECKPOINT_DIR"
+
+
+def checkpoint_path(name: str = "latentsegnet.pt") -> str:
+    """Where the notebooks keep the checkpoint called `name`: `checkpoints/<name>`, next to the
+    notebooks (the notebooks run in their own folder), or `<folder>/<name>` when the environment
+    variable LATENTSEG_CHECKPOINT_DIR names a folder. The test suite sets it to a copy of the
+    committed checkpoints for each notebook, so a notebook run under test never rewrites a
+    committed file and never reads what another notebook retrained.
+
+    Taught in notebook 05, section "5. Save it, load it back".
+    """
+    if not name or os.path.basename(name) != name:
+        raise ValueError(f"checkpoint_path takes a file name such as 'latentsegnet.pt', got "
+                         f"{name!r}; to use another folder, set {CHECKPOINT_DIR_VARIABLE}.")
+    return os.path.join(os.environ.get(CHECKPOINT_DIR_VARIABLE) or "checkpoints", name)
+
+
 def _holds(path: str, payload: dict) -> bool:
     """Whether the checkpoint file at `path` already holds exactly `payload`."""
     if not os.path.exists(path):
@@ -1721,18 +1742,103 @@ def predict_instances(model: nn.Module, images: torch.Tensor) -> "tuple[torch.Te
     return instance_map.cpu(), class_map.cpu()
 
 
+def connected_component_instances(class_map: torch.Tensor,
+                                  min_area: int = 1) -> "tuple[torch.Tensor, torch.Tensor]":
+    """The instance baseline with no learning: every connected region of one class is an object.
+
+    class_map [B, H, W] (integer class ids, 0 = background) -> (instance map [B, H, W] int64:
+    0 = background or no instance, else 1, 2, ... per segment, numbered per image; class map
+    [B, H, W] int64: the input's class on the kept segments, 0 elsewhere), on class_map's
+    device. The same conventions as predict_instances, so the pair feeds panoptic_quality as
+    its output does. Components smaller than min_area pixels are dropped (both maps 0 there).
+
+    Each class's pixels are split by scipy.ndimage.label with 8-connectivity (pixels that
+    share an edge or a corner). Chosen on the validation split, ground-truth class maps scored
+    against their instance maps: an object partly hidden by another can be left in pieces that
+    meet only at a corner, and 8-connectivity keeps those one object, which outweighs the rarer
+    case of two objects of one class meeting at a corner (PQ 0.832 against 0.824 with
+    4-connectivity on 32 "shapes" images, 0.663 against 0.659 on "crowded"). What it cannot do
+    is the reason for an instance head: objects of one class that touch become one segment,
+    and an object cut in two by one in front of it becomes two.
+
+    Taught in notebook 08, section "4. The verdict on this run" (to come: the notebook does not
+    call it yet; it is the baseline to hold the mask head's PQ against).
+    """
+    from scipy import ndimage
+    if not torch.is_tensor(class_map) or class_map.dim() != 3:
+        shape = tuple(class_map.shape) if torch.is_tensor(class_map) else type(class_map).__name__
+        raise ValueError(f"class_map must be a [B, H, W] map of class ids; got {shape}. "
+                         "For a single image [H, W] use class_map.unsqueeze(0); for scores "
+                         "[B, C, H, W] take scores.argmax(1) first.")
+    if torch.is_floating_point(class_map) or torch.is_complex(class_map) or class_map.dtype == torch.bool:
+        raise ValueError(f"class_map must hold integer class ids; got dtype {class_map.dtype}. "
+                         "Use class_map.long() (or scores.argmax(1) for scores).")
+    if class_map.numel() and int(class_map.min()) < 0:
+        raise ValueError(f"class_map has negative class ids (down to {int(class_map.min())}); "
+                         "use 0 for background and 1, 2, ... for the classes.")
+    if int(min_area) != min_area or min_area < 1:
+        raise ValueError(f"min_area={min_area} must be a whole number of pixels, at least 1.")
+    classes = class_map.detach().cpu().long()
+    instance_map = torch.zeros_like(classes)
+    eight = ndimage.generate_binary_structure(2, 2)                 # edge and corner neighbours
+    for b in range(classes.shape[0]):
+        next_id = 1
+        for c in classes[b].unique().tolist():
+            if c == 0:
+                continue
+            components, count = ndimage.label((classes[b] == c).numpy(), structure=eight)
+            components = torch.from_numpy(components).long()
+            areas = torch.bincount(components.flatten(), minlength=count + 1)
+            for k in range(1, count + 1):
+                if areas[k] >= min_area:
+                    instance_map[b][components == k] = next_id
+                    next_id += 1
+    kept = torch.where(instance_map > 0, classes, 0)
+    return instance_map.to(class_map.device), kept.to(class_map.device)
+
+
+# A predicted segment matches a true one when their IoU is strictly above MATCH_IOU: panoptic
+# quality's rule (Kirillov et al., "Panoptic Segmentation", CVPR 2019). Above one half makes
+# every match unique: a prediction's segments do not overlap, so at most one of them can have
+# an IoU above one half with a true segment. panoptic_quality and claims both use it, so
+# "claimed" and "matched" mean the same overlap.
+MATCH_IOU = 0.5
+
+
+def _check_maps(**maps: torch.Tensor) -> None:
+    """The maps panoptic_quality compares: each [B, H, W], all of one shape."""
+    for name, m in maps.items():
+        if not torch.is_tensor(m) or m.dim() != 3:
+            shape = tuple(m.shape) if torch.is_tensor(m) else type(m).__name__
+            raise ValueError(f"{name} must be a [B, H, W] map; got {shape}. "
+                             "For a single image [H, W] use map.unsqueeze(0).")
+    (first, a), *rest = maps.items()
+    for name, b in rest:
+        if a.shape != b.shape:
+            raise ValueError(
+                f"{first} has shape {tuple(a.shape)} but {name} has shape {tuple(b.shape)}: "
+                "the maps must describe the same images at the same size. Predict on the very "
+                "images the true maps belong to (the same make_split call: variant, split, "
+                "num_images and image_size), and pass each instance map with its own class map.")
+
+
 def panoptic_quality(pred_instances: torch.Tensor, pred_labels: torch.Tensor,
                      true_instances: torch.Tensor, true_labels: torch.Tensor,
                      num_classes: int = 4) -> dict:
     """Panoptic quality over the object classes 1..num_classes-1 (background is not scored).
 
-    Inputs are [B, H, W] maps (instance id 0 = none). A predicted and a true segment of the same
-    class match when their IoU is above 0.5 (at most one match each, by construction).
+    Inputs are four [B, H, W] maps of one shape (instance id 0 = none; a segment's class is the
+    most common class under it), as predict_instances or connected_component_instances give and
+    make_split(..., instances=True) holds; other shapes raise a ValueError. A predicted and a
+    true segment of the same class match when their IoU is above MATCH_IOU (0.5, strictly: an
+    IoU of exactly one half is no match), so each has at most one match, by construction.
     Per class: SQ = mean IoU of the matches, RQ = TP / (TP + FP/2 + FN/2), PQ = SQ * RQ;
     returns {"pq", "sq", "rq"} averaged over the classes that occur, and the counts.
 
     Taught in notebook 08, section "4. The verdict on this run".
     """
+    _check_maps(pred_instances=pred_instances, pred_labels=pred_labels,
+                true_instances=true_instances, true_labels=true_labels)
     tp, fp, fn = [0] * num_classes, [0] * num_classes, [0] * num_classes
     iou_sum = [0.0] * num_classes
     for b in range(true_instances.shape[0]):
@@ -1747,7 +1853,7 @@ def panoptic_quality(pred_instances: torch.Tensor, pred_labels: torch.Tensor,
             for p_id, (p_mask, p_class) in predicted.items():
                 if p_class == t_class and p_id not in matched:
                     iou = (p_mask & t_mask).sum().item() / (p_mask | t_mask).sum().item()
-                    if iou > 0.5:
+                    if iou > MATCH_IOU:
                         hit = (p_id, iou)
             if hit:
                 matched.add(hit[0])
@@ -1784,8 +1890,10 @@ def mask_owner(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.T
 def claims(class_logits: torch.Tensor, mask_logits: torch.Tensor,
            instances: torch.Tensor) -> "list[dict]":
     """Which latent claims which object: latent k claims object j when its "no object"
-    probability is below 0.5 and its thresholded mask has IoU at least 0.5 with the object.
-    Per image a dict {object id: latent index, -1 if no latent claims it, -2 if several do}.
+    probability is below 0.5 and its thresholded mask (sigmoid above 0.5) has an IoU above
+    MATCH_IOU (0.5, strictly, as panoptic_quality matches segments) with the object.
+    class_logits [B, K, C + 1], mask_logits [B, K, H, W], instances [B, H, W] (0 = none) ->
+    per image a dict {object id: latent index, -1 if no latent claims it, -2 if several do}.
 
     Taught in notebook 08, section "3. Train it, and look at its latents".
     """
@@ -1799,7 +1907,7 @@ def claims(class_logits: torch.Tensor, mask_logits: torch.Tensor,
                 continue
             obj = instances[b] == j
             iou = (masks[b] & obj).flatten(1).sum(1) / (masks[b] | obj).flatten(1).sum(1).clamp(min=1)
-            qualified = ((iou >= 0.5) & present[b]).nonzero().flatten().tolist()
+            qualified = ((iou > MATCH_IOU) & present[b]).nonzero().flatten().tolist()
             owners[j] = qualified[0] if len(qualified) == 1 else (-1 if not qualified else -2)
         result.append(owners)
     return result

@@ -18,16 +18,13 @@ on time.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 
 import torch
 
 import latentseg_utils as u
+from latentseg import benchmarking as bm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = list(u.ABLATION_STEPS)
@@ -55,44 +52,22 @@ def write_outputs(rows, stem, meta) -> str:
         tests = [m["test_miou"] for m in by[FINAL]["measured"]]
         lines += ["", f"Final step on the test set: {', '.join(f'{t:.3f}' for t in tests)} "
                       f"(mean {sum(tests) / len(tests):.3f})"]
-    text = "\n".join(lines) + "\n"
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "results": rows}, f, indent=1)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    bm.pyplot()
     fig = u.plot_seed_strip(rows, title="Notebook 05's ablation, one dot per seed",
                             xlabel="ablation row (notebook 05)", ylabel="validation mIoU (dot = seed)")
-    fig.savefig(stem + ".png", dpi=80)
-    plt.close(fig)
-    return text
+    return bm.write_results(stem, meta, rows, "\n".join(lines) + "\n", fig)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
+    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=300,
+                            smoke="2 steps, batch 2, 8 images, 3 rows")
     parser.add_argument("--rows", nargs="+", type=int, help="indices of the rows to run")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--merge", nargs="+", metavar="JSON")
-    parser.add_argument("--smoke", action="store_true", help="2 steps, batch 2, 8 images, 3 rows")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"argument --steps: {args.steps} must be at least 1")
     spec = rows_spec()
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "ablation" + ("_smoke" if args.smoke else ""))
+    stem = bm.results_stem(args, "ablation")
     if args.merge:
-        parts = [json.load(open(p)) for p in args.merge]
         order = [name for name, _, _ in spec]
-        rows = sorted((r for p in parts for r in p["results"]), key=lambda r: order.index(r["model"]))
-        meta = {**parts[0], "command": " + ".join(p["command"] for p in parts),
-                "run": f"{len(parts)} processes side by side, merged"}
-        meta.pop("results")
+        meta, rows = bm.merge_results(args.merge, lambda r: order.index(r["model"]))
         print(write_outputs(rows, stem, meta))
         return 0
     if args.threads:
@@ -102,11 +77,8 @@ def main(argv=None) -> int:
     if args.smoke:
         options = {"steps": 2, "batch_size": 2, "eval_images": 8}
         chosen = [spec[0], spec[1], spec[-1]]
-    meta = {"command": "python benchmarks/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "device": str(u.get_device()), "torch": torch.__version__, "split": "validation",
-            "steps": options["steps"], "seeds": args.seeds, "threads": torch.get_num_threads()}
+    meta = bm.run_metadata("ablation", argv, u.get_device(), split="validation",
+                           steps=options["steps"], seeds=args.seeds)
     rows = []
     for name, build, _ in chosen:
         measure = test_score if name == FINAL else None

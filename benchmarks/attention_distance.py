@@ -20,17 +20,14 @@ Nothing here asserts on time.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import math
 import os
-import platform
 import sys
 
 import torch
 
 import latentseg_utils as u
+from latentseg import benchmarking as bm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = {"final": lambda: u.LatentSegNet(), "twin": lambda: u.LatentSegNet(attention=False)}
@@ -63,57 +60,29 @@ def write_outputs(rows, stem, meta) -> str:
     for r in rows:
         lines.append(f"| {r['data']} | {r['model']} | {', '.join(f'{s:.3f}' for s in r['miou'])} | "
                      f"{r['mean']:.3f} | {r['spread']:.3f} |")
-    text = "\n".join(lines) + "\n"
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "results": rows}, f, indent=1)
-    import matplotlib
-    matplotlib.use("Agg")
+    bm.pyplot()
     fig = u.plot_accuracy_by_distance(rows, tuple(edges))
-    fig.savefig(stem + ".png", dpi=80)
-    return text
+    return bm.write_results(stem, meta, rows, "\n".join(lines) + "\n", fig)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=800)
+    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=800,
+                            smoke="2 steps, batch 2, 8 images")
     parser.add_argument("--variants", nargs="+", default=list(u.LONG_RANGE_VARIANTS),
                         choices=list(u.LONG_RANGE_VARIANTS))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--merge", nargs="+", metavar="JSON")
-    parser.add_argument("--smoke", action="store_true", help="2 steps, batch 2, 8 images")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"argument --steps: {args.steps} must be at least 1")
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "attention_distance" + ("_smoke" if args.smoke else ""))
+    stem = bm.results_stem(args, "attention_distance")
     if args.merge:
-        parts = [json.load(open(p)) for p in args.merge]
         order = [(v, m) for v in u.LONG_RANGE_VARIANTS for m in MODELS]
-        rows = sorted((r for p in parts for r in p["results"]),
-                      key=lambda r: order.index((r["data"], r["model"])))
-        meta = {**parts[0], "command": " + ".join(p["command"] for p in parts),
-                "run": f"{len(parts)} processes side by side, merged"}
-        meta.pop("results")
+        meta, rows = bm.merge_results(args.merge, lambda r: order.index((r["data"], r["model"])))
         print(write_outputs(rows, stem, meta))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = {"steps": args.steps}
-    if args.smoke:
-        options = {"steps": 2, "batch_size": 2, "eval_images": 8}
-    meta = {"command": "python benchmarks/attention_distance.py "
-                       + " ".join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "device": str(u.get_device()), "torch": torch.__version__, "split": "test",
-            "steps": options["steps"], "seeds": args.seeds, "threads": torch.get_num_threads(),
-            "edges": list(u.DISTANCE_EDGES)}
+    options = {"steps": 2, "batch_size": 2, "eval_images": 8} if args.smoke else {"steps": args.steps}
+    meta = bm.run_metadata("attention_distance", argv, u.get_device(), split="test",
+                           steps=options["steps"], seeds=args.seeds, edges=list(u.DISTANCE_EDGES))
     rows = []
     for variant in args.variants:
         rows += u.run_seeds({m: MODELS[m] for m in args.models}, [variant], seeds=tuple(args.seeds),

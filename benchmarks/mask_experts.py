@@ -1,6 +1,8 @@
 """Latents that become segments: the mask head against the series' final model, over seeds.
 
     python benchmarks/mask_experts.py            # 3 seeds, 800 steps, the shapes test set
+    python benchmarks/mask_experts.py --threads 1 --models final --out /tmp/a   # part of it
+    python benchmarks/mask_experts.py --merge a.json b.json   # one results file from the parts
     python benchmarks/mask_experts.py --smoke    # a tiny run (what the tests run)
 
 `u.MaskLatentSegNet()` (each latent predicts a class and a mask, MaskFormer's head on the
@@ -13,17 +15,14 @@ mask_experts.json, .md and .png to --out and prints PASS/MISS lines. Nothing ass
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import latentseg_utils as u
+from latentseg import benchmarking as bm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = {"mask-head": lambda: u.MaskLatentSegNet(), "final": lambda: u.LatentSegNet()}
@@ -87,14 +86,12 @@ def targets(rows) -> "list[tuple[bool, str]]":
     ]
 
 
-def write_plot(rows, path) -> None:
-    """One dot per seed: semantic mIoU of both models, and the mask head's PQ."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    mask = next(r for r in rows if r["model"] == "mask-head")
+def plot(rows):
+    """One dot per seed: semantic mIoU of the models, and the mask head's PQ. Returns the figure."""
+    plt = bm.pyplot()
     columns = [(f"{r['model']}\nmIoU", r["miou"]) for r in rows]
-    columns.append(("mask-head\nPQ", [m["pq"] for m in mask["measured"]]))
+    columns += [("mask-head\nPQ", [m["pq"] for m in r["measured"]])
+                for r in rows if r["model"] == "mask-head"]
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=80)
     for i, (name, values) in enumerate(columns):
         ax.scatter([i] * len(values), values, color="#0072B2", s=16)
@@ -104,58 +101,53 @@ def write_plot(rows, path) -> None:
     ax.set_ylabel("score on the shapes test set")
     ax.set_title("Mask head against LatentSegNet(), one dot per seed")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
+
+
+def per_seed(r, key, scale=1.0, digits=3) -> str:
+    """A row's measure `key` per seed, comma-separated ("" where a seed lacks it)."""
+    values = [m.get(key) for m in r.get("measured", [])]
+    if not values or any(v is None for v in values):
+        return ""
+    return ", ".join(f"{scale * v:.{digits}f}" for v in values)
+
+
+def write_outputs(rows, stem, meta) -> str:
+    """mask_experts.json, .md and .png at `stem`; returns the markdown (table and targets)."""
+    lines = [f"Mask head against LatentSegNet(), shapes test set, {meta['steps']} steps, seeds "
+             f"{meta['seeds']} (`python benchmarks/mask_experts.py`)", "",
+             "| model | test mIoU per seed | mean | spread | PQ per seed | "
+             "% objects claimed once | latents used | MI share, which shape |",
+             "|---|---|---:|---:|---|---|---|---|"]
+    lines += [f"| {r['model']} | {', '.join(f'{s:.3f}' for s in r['miou'])} | {r['mean']:.3f} | "
+              f"{r['spread']:.3f} | {per_seed(r, 'pq')} | {per_seed(r, 'claimed_once', 100, 1)} | "
+              f"{per_seed(r, 'latents_used', 1, 0)} | {per_seed(r, 'mi_which_shape')} |"
+              for r in rows]
+    if {r["model"] for r in rows} == set(MODELS):
+        lines += [""] + bm.verdict_lines(targets(rows))
+    return bm.write_results(stem, meta, rows, "\n".join(lines) + "\n", plot(rows))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--smoke", action="store_true", help="2 steps, batch 2, 8 test images")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (for a run beside other work)")
+    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=800,
+                            smoke="2 steps, batch 2, 8 test images")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args(argv)
+    stem = bm.results_stem(args, "mask_experts")
+    if args.merge:
+        meta, rows = bm.merge_results(args.merge, lambda r: list(MODELS).index(r["model"]))
+        print(write_outputs(rows, stem, meta))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.steps < 1:
-        parser.error(f"argument --steps: {args.steps} must be at least 1")
     options = {"steps": args.steps, "eval_images": 256}
     if args.smoke:
         options = {"steps": 2, "eval_images": 8, "batch_size": 2}
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "mask_experts" + ("_smoke" if args.smoke else ""))
-    rows = u.run_seeds(MODELS, ["shapes"], seeds=tuple(args.seeds), split="test",
-                       measure=mask_measures, **options)
-    meta = {"command": "python benchmarks/mask_experts.py " + " ".join(argv or sys.argv[1:]),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "device": str(u.get_device()), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
-    def per_seed(r, key, scale=1.0, digits=3):
-        values = [m.get(key) for m in r.get("measured", [])]
-        if not values or any(v is None for v in values):
-            return ""
-        return ", ".join(f"{scale * v:.{digits}f}" for v in values)
-
-    lines = [f"| {r['model']} | {', '.join(f'{s:.3f}' for s in r['miou'])} | {r['mean']:.3f} | "
-             f"{r['spread']:.3f} | {per_seed(r, 'pq')} | {per_seed(r, 'claimed_once', 100, 1)} | "
-             f"{per_seed(r, 'latents_used', 1, 0)} | {per_seed(r, 'mi_which_shape')} |" for r in rows]
-    checks = targets(rows)
-    header = (f"Mask head against LatentSegNet(), shapes test set, {options['steps']} steps, seeds "
-              f"{args.seeds} (`python benchmarks/mask_experts.py`)")
-    text = "\n".join([header, "", "| model | test mIoU per seed | mean | spread | PQ per seed | "
-                      "% objects claimed once | latents used | MI share, which shape |",
-                      "|---|---|---:|---:|---|---|---|---|",
-                      *lines, "", *(f"- **{'PASS' if ok else 'MISS'}** {line}"
-                                    for ok, line in checks)]) + "\n"
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "results": rows}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    write_plot(rows, stem + ".png")
-    print(text)
+    rows = u.run_seeds({m: MODELS[m] for m in args.models}, ["shapes"], seeds=tuple(args.seeds),
+                       split="test", measure=mask_measures, **options)
+    meta = bm.run_metadata("mask_experts", argv, u.get_device(), split="test",
+                           steps=options["steps"], seeds=args.seeds)
+    print(write_outputs(rows, stem, meta))
     return 0
 
 

@@ -20,33 +20,21 @@ PASS/MISS lines. Nothing here asserts on time.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import importlib.util
-import json
 import os
-import platform
 import sys
 
 import torch
 
 import latentseg_utils as u
+from latentseg import benchmarking as bm
+from latentseg.baselines import SmallUNet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _small_unet():
-    """train_budget.py's 4-level UNet baseline (loaded by path: one definition of it)."""
-    spec = importlib.util.spec_from_file_location("train_budget", os.path.join(HERE, "train_budget.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SmallUNet
-
 
 MODELS = {
     "final": (lambda: u.LatentSegNet(), "u.LatentSegNet()"),
     "twin": (lambda: u.LatentSegNet(attention=False), "u.LatentSegNet(attention=False)"),
-    "unet": (lambda: _small_unet()(), "SmallUNet() of benchmarks/train_budget.py"),
+    "unet": (lambda: SmallUNet(), "SmallUNet() of latentseg/baselines.py"),
     "tutorial": (lambda: u.SegmentationModel(num_classes=4), "u.SegmentationModel(num_classes=4)"),
     "pixel-1x1": (lambda: u.PixelClassifier(), "u.PixelClassifier()"),
     # The candidates the validation grid compared (each one option of LatentSegNet, named by
@@ -131,9 +119,10 @@ def gates(rows: "list[dict]") -> "list[tuple[bool, str]]":
     return out
 
 
-def write_markdown(rows, path, args) -> None:
-    lines = [f"Robustness grid, {args.split} sets, {args.steps} steps, seeds {args.seeds} "
-             f"(`python benchmarks/robustness.py --split {args.split}`)", "",
+def markdown(rows, meta) -> str:
+    """robustness_<split>.md: the table of every row and the gates."""
+    lines = [f"Robustness grid, {meta['split']} sets, {meta['steps']} steps, seeds {meta['seeds']} "
+             f"(`python benchmarks/robustness.py --split {meta['split']}`)", "",
              "| data | model | mIoU per seed | mean | spread | worst | mean-ablated |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -141,16 +130,12 @@ def write_markdown(rows, path, args) -> None:
         ablated_text = f"{sum(ablated) / len(ablated):.3f}" if ablated else ""
         lines.append(f"| {r['data']} | {r['model']} | {', '.join(f'{s:.3f}' for s in r['miou'])} "
                      f"| {r['mean']:.3f} | {r['spread']:.3f} | {r['worst']:.3f} | {ablated_text} |")
-    lines += ["", "Gates:", ""] + [f"- **{'PASS' if ok else 'MISS'}** {line}"
-                                    for ok, line in gates(rows)]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines + ["", "Gates:", ""] + bm.verdict_lines(gates(rows))) + "\n"
 
 
-def write_plot(rows, path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(rows):
+    """The strip plot: one dot per seed, a line at the mean, per model and data variant."""
+    plt = bm.pyplot()
     variants = [v for v in u.DATA_VARIANTS if any(r["data"] == v for r in rows)]
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, ax = plt.subplots(figsize=(1.4 * len(variants) + 2, 3.6), dpi=80)
@@ -171,87 +156,46 @@ def write_plot(rows, path) -> None:
     ax.set_title("Every model on every data variant, over seeds")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=800,
+                            smoke="a tiny run: 2 steps, seeds 0 1 2, batch 2, 8 evaluation "
+                                  "images, final, twin and tutorial on shapes and corner_key")
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=list(u.DATA_VARIANTS),
                         choices=list(u.DATA_VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--split", choices=["validation", "test"], default="test")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per process (for several runs side by side)")
-    parser.add_argument("--merge", nargs="+", metavar="JSON",
-                        help="combine the results files of runs made side by side (same split, "
-                             "steps and seeds) into one, instead of training")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a tiny run: 2 steps, seeds 0 1 2, batch 2, 8 evaluation images, "
-                             "final, twin and tutorial on shapes and corner_key (for the tests)")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"argument --steps: {args.steps} must be at least 1")
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"argument --seeds: {args.seeds} repeats a seed")
     if args.smoke:
         args.steps, args.seeds = 2, [0, 1, 2]
         args.models, args.variants = ["final", "twin", "tutorial"], ["shapes", "corner_key"]
     return args
 
 
-def merge(args) -> int:
-    """One results file (and its table and plot) from several runs' files."""
-    parts = [json.load(open(path)) for path in args.merge]
-    first = parts[0]
-    for part, path in zip(parts, args.merge):
-        if (part["split"], part["steps"], part["seeds"]) != (first["split"], first["steps"],
-                                                             first["seeds"]):
-            print(f"robustness.py: error: {path} has another split, steps or seeds than "
-                  f"{args.merge[0]}; merge only runs of one grid", file=sys.stderr)
-            return 2
-    args.split, args.steps, args.seeds = first["split"], first["steps"], first["seeds"]
-    rows = [row for part in parts for row in part["results"]]
-    variants, models = list(u.DATA_VARIANTS), list(MODELS)
-    rows.sort(key=lambda r: (variants.index(r["data"]), models.index(r["model"])))
-    meta = {**first, "command": " + ".join(p["command"] for p in parts),
-            "run": f"{len(parts)} processes side by side, merged",
-            "models": {k: v for p in parts for k, v in p["models"].items()}}
-    stem = os.path.join(args.out, f"robustness_{args.split}")
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "results": rows}, f, indent=1)
-    write_markdown(rows, stem + ".md", args)
-    write_plot(rows, stem + ".png")
-    print(open(stem + ".md").read())
-    return 0
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
     if args.merge:
-        return merge(args)
+        variants, models = list(u.DATA_VARIANTS), list(MODELS)
+        meta, rows = bm.merge_results(
+            args.merge, lambda r: (variants.index(r["data"]), models.index(r["model"])))
+        args.split = meta["split"]
+        print(bm.write_results(bm.results_stem(args, f"robustness_{args.split}"), meta, rows,
+                               markdown(rows, meta), plot(rows)))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    stem = os.path.join(args.out, f"robustness_{args.split}{'_smoke' if args.smoke else ''}")
+    stem = bm.results_stem(args, f"robustness_{args.split}")
     device = u.get_device()
-    meta = {"command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "device": str(device), "torch": torch.__version__, "split": args.split,
-            "steps": args.steps, "seeds": args.seeds, "threads": torch.get_num_threads(),
-            "run": "sequential, one process",
-            "models": {m: MODELS[m][1] for m in args.models}}
+    meta = bm.run_metadata("robustness", argv, device, split=args.split, steps=args.steps,
+                           seeds=args.seeds, run="sequential, one process",
+                           models={m: MODELS[m][1] for m in args.models})
     rows: list = []
 
     def save(row):
         rows.append(row)
-        with open(stem + ".json", "w") as f:
-            json.dump({**meta, "results": rows}, f, indent=1)
+        bm.write_json(stem + ".json", meta, rows)
 
     train_options = {"batch_size": 2, "eval_images": 8} if args.smoke else {}
     for variant in args.variants:
@@ -260,9 +204,7 @@ def main(argv=None) -> int:
         u.run_seeds(models, [variant], seeds=tuple(args.seeds), split=args.split,
                     steps=args.steps, on_row=save, device=device, measure=attention_measures,
                     **train_options)
-    write_markdown(rows, stem + ".md", args)
-    write_plot(rows, stem + ".png")
-    print(open(stem + ".md").read())
+    print(bm.write_results(stem, meta, rows, markdown(rows, meta), plot(rows)))
     print("wrote", stem + ".json,", stem + ".md,", stem + ".png")
     return 0
 

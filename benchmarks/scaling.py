@@ -29,6 +29,7 @@ Time: the median of --repeats forward+backward passes after one warm-up pass, on
 Usage:
   python benchmarks/scaling.py                         # defaults: 64 128 192 256 320 px
   python benchmarks/scaling.py --sizes 64 128 --repeats 3 --out /tmp/results
+  python benchmarks/scaling.py --smoke --out /tmp/smoke   # 32 and 64 px, 1 pass (scaling_smoke.*)
 Writes OUT/scaling.md (table, targets, machine) and OUT/scaling.png (log-log plots).
 Targets are reported as PASS/MISS lines; nothing here asserts on time.
 """
@@ -39,21 +40,20 @@ import gc
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import latentseg_utils as u
+from latentseg import benchmarking as bm
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import latentseg_utils as u  # noqa: E402
 
 FEATURE_DIM = 64      # token width out of the tutorial's encoder
 NUM_HEADS = 4
@@ -372,28 +372,6 @@ def targets(results: list) -> list:
     return lines
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    device = get_device()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "load": f"{load[0]:.1f}" if load else "n/a",
-        "device": (f"cuda ({torch.cuda.get_device_name(0)})" if device.type == "cuda"
-                   else "cpu"),
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def get_device() -> torch.device:
     # CUDA if present; MPS is left out on purpose (no peak-memory counter like CUDA's).
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -418,24 +396,21 @@ def table_rows(results: list) -> list:
     return rows
 
 
-def print_table(results: list) -> None:
-    rows = [header(results)] + table_rows(results)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+def load_text(info: dict) -> str:
+    """The run's 1-minute load average at its start, one decimal, or n/a."""
+    return "n/a" if info["load"] is None else f"{info['load']:.1f}"
 
 
 def write_markdown(path: str, results: list, lines: list, info: dict, args, seconds: float):
+    """scaling.md: the methods, the table, the targets and the machine (`info`, the run's
+    metadata)."""
     kernel = next((r["kernel"] for r in results if r.get("kernel")), "n/a")
     source = next((r["memory_source"] for r in results if r.get("memory_source")), "n/a")
     md = ["# Scaling: latent cross-attention vs full self-attention", "",
           f"Forward+backward over N = (S/4)^2 pixel tokens of width {FEATURE_DIM} (the "
           f"tutorial's encoder at stride 4), batch {args.batch}, {NUM_HEADS} heads. "
           f"Time: median of {args.repeats} passes after one warm-up pass, "
-          f"{info['torch_threads']} CPU thread(s): wall time (`fwd+bwd ms`)"
+          f"{info['threads']} CPU thread(s): wall time (`fwd+bwd ms`)"
           + (", and on a CPU also the process's CPU time (`CPU ms`), which the slopes and "
              "speed-ups below use because wall time on a shared CPU includes waiting for "
              "other work" if any("cpu_ms" in r for r in results) else "")
@@ -447,29 +422,23 @@ def write_markdown(path: str, results: list, lines: list, info: dict, args, seco
           "(the [B, heads, N, N] weights held in memory), output projection",
           f"- **fused SDPA**: the same projections through "
           f"`torch.nn.functional.scaled_dot_product_attention` (backward recorded: `{kernel}`)",
-          "", "| " + " | ".join(header(results)) + " |",
-          "|" + "|".join(["---"] + ["---:"] * (len(header(results)) - 1)) + "|"]
-    md += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
-    md += ["", "## Targets", ""] + [f"- **{v}** {t}" for v, t in lines]
+          ""] + bm.markdown_table(header(results), table_rows(results))
+    md += ["", "## Targets", ""] + bm.verdict_lines(lines)
     md += ["", "## Machine", "",
            f"- device: {info['device']}",
-           f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs, "
-           f"torch threads {info['torch_threads']})",
+           f"- CPU: {info['machine']} (torch threads {info['threads']})",
            f"- torch {info['torch']}, Python {info['python']}, {info['platform']}",
-           f"- 1-minute load average when the run started: {info['load']} "
+           f"- 1-minute load average when the run started: {load_text(info)} "
            f"(other work on the same CPU slows timings and adds noise; memory is unaffected)",
-           f"- command: `python benchmarks/scaling.py "
-           f"--sizes {' '.join(map(str, args.sizes))} --repeats {args.repeats} "
-           f"--batch {args.batch} --threads {args.threads}`, {seconds:.0f} s wall time",
-           "", "![scaling](scaling.png)", ""]
+           f"- command: `{info['command']}`, {seconds:.0f} s wall time",
+           "", f"![scaling]({os.path.basename(path)[:-3]}.png)", ""]
     with open(path, "w") as f:
         f.write("\n".join(md))
 
 
 def write_plot(path: str, results: list, info: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """scaling.png: time and peak memory against N tokens, log-log, one line per method."""
+    plt = bm.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     judged = time_key(results)
     for ax, key, ylabel, title in (
@@ -521,26 +490,6 @@ def image_size(text: str) -> int:
     return value
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Forward+backward time and peak memory of latent cross-attention vs full "
@@ -548,18 +497,15 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", type=image_size, nargs="+", default=list(DEFAULT_SIZES),
                         metavar="S", help="image sizes in pixels, multiples of 4 "
                         f"(default: {' '.join(map(str, DEFAULT_SIZES))})")
-    parser.add_argument("--repeats", type=positive, default=3,
+    parser.add_argument("--repeats", type=bm.positive, default=3,
                         help="timed passes per measurement, the median is reported (default: 3)")
-    parser.add_argument("--batch", type=positive, default=1, help="images per batch (default: 1)")
-    parser.add_argument("--threads", type=non_negative, default=1,
-                        help="CPU threads for torch (default: 1; 0 keeps torch's default of "
-                        "one per core). One thread keeps timings stable on a shared CPU, "
-                        "where threads that wait on each other at every operation can be "
-                        "slowed down a hundredfold by other work")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"),
-                        help="folder for scaling.md and scaling.png (default: benchmarks/results)")
+    parser.add_argument("--batch", type=bm.positive, default=1, help="images per batch (default: 1)")
+    bm.add_common_flags(parser, os.path.join(HERE, "results"), threads=1, merge=False,
+                        smoke="a tiny run: 32 and 64 px, 1 pass (writes scaling_smoke.md, .png)")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.repeats = [32, 64], 1
     args.sizes = sorted(set(args.sizes))
     if args.worker and (args.worker[0] not in METHODS or not args.worker[1].isdigit()):
         parser.error(f"argument --worker: expected one of {METHODS} and a size")
@@ -578,10 +524,12 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     device = get_device()
-    info = machine()
-    print(f"device {info['device']}, CPU {info['cpu']} ({info['cpu_count']} logical, "
-          f"torch threads {info['torch_threads']}), torch {info['torch']}, "
-          f"load average {info['load']}")
+    info = bm.run_metadata("scaling", argv, device, load=bm.load_average(),
+                           command=f"python benchmarks/scaling.py --sizes "
+                                   f"{' '.join(map(str, args.sizes))} --repeats {args.repeats} "
+                                   f"--batch {args.batch} --threads {args.threads}")
+    print(f"device {info['device']}, CPU {info['machine']} (torch threads {info['threads']}), "
+          f"torch {info['torch']}, load average {load_text(info)}")
     print(f"sizes {args.sizes} px, batch {args.batch}, median of {args.repeats} passes, "
           f"{torch.get_num_threads()} thread(s)")
     results = []
@@ -603,14 +551,13 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
 
     print()
-    print_table(results)
+    bm.print_table(header(results), table_rows(results))
     print()
     lines = targets(results)
     for verdict, text in lines:
         print(f"{verdict:<4}  {text}")
-    os.makedirs(args.out, exist_ok=True)
-    md_path = os.path.join(args.out, "scaling.md")
-    png_path = os.path.join(args.out, "scaling.png")
+    stem = bm.results_stem(args, "scaling")
+    md_path, png_path = stem + ".md", stem + ".png"
     write_markdown(md_path, results, lines, info, args, seconds)
     write_plot(png_path, results, info)
     print(f"\nwrote {md_path} and {png_path} ({seconds:.0f} s)")

@@ -9,7 +9,7 @@ One run, same data stream, same machine, same seed, for:
                       detach_attention=False, colour_tokens=False), notebook 05's ablation step 1g (every
                       option of step 1 on; positions, refinement, local loss and steps 5-7 off)
   pixel-1x1           u.PixelClassifier(), each pixel classified from its own colour (1x1 convs)
-  unet                SmallUNet (defined below), the baseline a practitioner would reach for:
+  unet                SmallUNet (latentseg/baselines.py), the baseline a practitioner would reach for:
                       4 levels (widths 8, 16, 32, 80; the bottleneck at stride 8) of
                       BatchNorm+ReLU double convolutions, bilinear upsampling with skip
                       concatenation, full-resolution output; a parameter count close to the
@@ -41,6 +41,7 @@ Usage:
   python benchmarks/train_budget.py                          # all models, 60 s each (7-9 min)
   python benchmarks/train_budget.py --threads 1              # steadier on a CPU shared with other work
   python benchmarks/train_budget.py --budget 20 --models final unet --out /tmp/results
+  python benchmarks/train_budget.py --smoke --out /tmp/smoke   # 1 s each for final and unet
 Writes OUT/train_budget.md (table, targets, machine), OUT/train_budget.json (raw numbers and
 the mIoU-vs-time curves) and OUT/train_budget.png (mIoU against training seconds).
 Targets are reported as PASS/MISS lines; nothing here asserts on time.
@@ -48,23 +49,21 @@ Targets are reported as PASS/MISS lines; nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import latentseg_utils as u
+from latentseg import benchmarking as bm
+from latentseg.baselines import SmallUNet
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import latentseg_utils as u  # noqa: E402
 
 BATCH_SIZE = 16
 IMAGE_SIZE = 64
@@ -76,66 +75,6 @@ DEFAULT_BUDGET = 60.0       # seconds of training per model
 DEFAULT_EVALS = 6           # held-out evaluations per run (every 10 s at the default budget)
 TARGET_MIOU = 0.90          # the final model's target, stated for 60 s on a 2-core CPU
 NOTEBOOK_STEPS = 800        # notebook 05 trains the final model for this many steps
-
-
-# ---------------------------------------------------------------------------
-# The UNet baseline
-# ---------------------------------------------------------------------------
-
-def double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    """Two (3x3 conv, BatchNorm, ReLU): [B, c_in, H, W] -> [B, c_out, H, W]."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True))
-
-
-class SmallUNet(nn.Module):
-    """A small UNet (Ronneberger et al. 2015, with BatchNorm and bilinear upsampling).
-
-    Encoder: one double conv per level with the given widths, a 2x max-pool between levels
-    (the last level, at stride 2**(levels-1), is the bottleneck). Decoder: at each level going
-    up, a x2 bilinear upsample, concatenation with the encoder's features of that level (the
-    skip), a double conv back to that level's width. A 1x1 conv gives the class logits.
-
-    [B, in_channels, H, W] -> logits [B, num_classes, H, W]   (H, W multiples of 2**(levels-1))
-    """
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 4,
-                 widths: tuple = (8, 16, 32, 80)):
-        super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) < 2 or min(widths) < 1:
-            raise ValueError(f"widths={widths}: give at least 2 levels, each at least 1 wide.")
-        self.config = dict(in_channels=in_channels, num_classes=num_classes, widths=widths)
-        self.in_channels, self.num_classes = in_channels, num_classes
-        self.widths = widths
-        levels = len(widths)
-        self.down = nn.ModuleList(
-            [double_conv(in_channels, widths[0])]
-            + [double_conv(widths[i - 1], widths[i]) for i in range(1, levels)])
-        self.up = nn.ModuleList(
-            double_conv(widths[i] + widths[i - 1], widths[i - 1])
-            for i in reversed(range(1, levels)))
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factor = 2 ** (len(self.widths) - 1)
-        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-1] % factor \
-                or x.shape[-2] % factor:
-            raise ValueError(f"SmallUNet needs images [B, {self.in_channels}, H, W] with H, W "
-                             f"multiples of {factor}; got {tuple(x.shape)}.")
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        x = skips.pop()                                                   # the bottleneck
-        for block in self.up:
-            skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
 
 
 # ---------------------------------------------------------------------------
@@ -158,7 +97,7 @@ MODELS = {
               "local loss and steps 5-7 off"),
     "pixel-1x1": (lambda: u.PixelClassifier(), "u.PixelClassifier()",
                   "per-pixel baseline: 1x1 convolutions, a pixel's own colour only"),
-    "unet": (lambda: SmallUNet(), "SmallUNet(widths=(8, 16, 32, 80)) (in this script)",
+    "unet": (lambda: SmallUNet(), "SmallUNet(widths=(8, 16, 32, 80)) (latentseg/baselines.py)",
              "small UNet baseline, 4 levels, parameter count close to the final model's"),
 }
 COLORS = {"tutorial": "#E69F00", "final": "#0072B2", "final-no-attention": "#56B4E9",
@@ -193,10 +132,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def load_1min() -> float | None:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
 # ---------------------------------------------------------------------------
 # One model, one budget
 # ---------------------------------------------------------------------------
@@ -218,7 +153,7 @@ def run_model(name: str, budget: float, evals: int, schedule: str, heldout: tupl
     generator = torch.Generator().manual_seed(SEED)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     result = {"model": name, "built_as": MODELS[name][1], "params": u.count_parameters(model),
-              "load_at_start": load_1min()}
+              "load_at_start": bm.load_average()}
     curve = {"seconds": [0.0], "steps": [0], "miou": [u.evaluate(model, *heldout)["miou"]]}
     marks = [budget * k / evals for k in range(1, evals)] + [budget]   # in training seconds
     elapsed = data_seconds = cpu_seconds = 0.0
@@ -261,7 +196,7 @@ def run_model(name: str, budget: float, evals: int, schedule: str, heldout: tupl
         seconds_to_target=next((s for s, m in zip(curve["seconds"], curve["miou"])
                                 if m >= TARGET_MIOU), None))
     result["infer_images_per_s"] = inference_speed(model, heldout[0], device)
-    result["load_at_end"] = load_1min()
+    result["load_at_end"] = bm.load_average()
     return result
 
 
@@ -296,16 +231,6 @@ def table_rows(results: list) -> list:
                f"{r['miou']:.3f}",
                "-" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.0f}")
             for r in results]
-
-
-def print_table(results: list) -> None:
-    rows = [header(results)] + table_rows(results)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def targets(results: list, budget: float) -> list:
@@ -354,30 +279,6 @@ def targets(results: list, budget: float) -> list:
     return lines
 
 
-def machine(device: torch.device, threads_flag: int, default_threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "load": list(load) if load else None,
-        "device": (f"cuda ({torch.cuda.get_device_name(0)})" if device.type == "cuda"
-                   else device.type),
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch_default_threads": default_threads,
-        "threads_setting": f"--threads {threads_flag}" if threads_flag else "torch's default",
-        "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
 def command_line(args) -> str:
     return (f"python benchmarks/train_budget.py --budget {args.budget:g} --models "
             f"{' '.join(args.models)} --evals {args.evals} --schedule {args.schedule} "
@@ -386,21 +287,21 @@ def command_line(args) -> str:
 
 def load_summary(data: dict) -> str:
     """The 1-minute load averages recorded during the run, in words."""
-    results, info = data["results"], data["machine"]
+    results = data["results"]
     loads = [x for r in results for x in (r["load_at_start"], r["load_at_end"]) if x is not None]
-    if not loads or not info["load"] or data["load_at_end"] is None:
+    if not loads or not data["load"] or data["load_at_end"] is None:
         return "n/a"
-    return (f"{info['load'][0]:.1f} when the run started, {data['load_at_end']:.1f} when it "
+    return (f"{data['load'][0]:.1f} when the run started, {data['load_at_end']:.1f} when it "
             f"ended, {min(loads):.1f} to {max(loads):.1f} (mean {statistics.mean(loads):.1f}) "
             f"at the start and end of each model's run")
 
 
 def write_markdown(path: str, data: dict) -> None:
     """train_budget.md from the run's record (the same dict train_budget.json holds)."""
-    results, info, recipe = data["results"], data["machine"], data["recipe"]
+    results, info, recipe = data["results"], data, data["recipe"]
     budget, cols = data["budget_seconds"], header(results)
-    threads = (f"torch threads {info['torch_threads']}, set by {info['threads_setting']}"
-               + (f", torch's default here is {info['torch_default_threads']}"
+    threads = (f"torch threads {info['threads']}, set by {info['threads_setting']}"
+               + (f", torch's default here is {info['default_threads']}"
                   if info["threads_setting"] != "torch's default" else ""))
     md = ["# Time-budgeted training", "",
           f"Each model trained for the same wall-clock budget, **{budget:g} s** of training "
@@ -424,10 +325,8 @@ def write_markdown(path: str, data: dict) -> None:
           f"(one at the start, then {recipe['evals']} evenly spaced over the budget) to reach "
           f"{TARGET_MIOU:.2f} mIoU.", ""]
     md += [f"- **{r['model']}**: `{r['built_as']}`, {MODELS[r['model']][2]}" for r in results]
-    md += ["", "| " + " | ".join(cols) + " |",
-           "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
-    md += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
-    md += ["", "## Targets", ""] + [f"- **{t['verdict']}** {t['text']}" for t in data["targets"]]
+    md += [""] + bm.markdown_table(cols, table_rows(results))
+    md += ["", "## Targets", ""] + bm.verdict_lines((t["verdict"], t["text"]) for t in data["targets"])
     md += ["", "## Held-out mIoU during training", "",
            "Training seconds (steps) and mIoU at each evaluation. Mid-run points are taken at "
            "a high learning rate (the schedule anneals to the end of the budget), so they "
@@ -438,7 +337,7 @@ def write_markdown(path: str, data: dict) -> None:
         md.append(f"- {r['model']}: {points}")
     md += ["", "## Machine", "",
            f"- device: {info['device']}",
-           f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs, {threads})",
+           f"- CPU: {info['machine']} ({threads})",
            f"- torch {info['torch']}, Python {info['python']}, {info['platform']}",
            f"- 1-minute load average: {load_summary(data)}. The machine is shared with other "
            f"work: a load above the number of CPUs means the models' threads waited for the "
@@ -446,17 +345,15 @@ def write_markdown(path: str, data: dict) -> None:
            f"two runs can differ",
            f"- command: `{data['command']}`, {data['wall_seconds']:.0f} s wall time, "
            f"{info['date']}",
-           "", "![mIoU against training seconds](train_budget.png)", ""]
+           "", f"![mIoU against training seconds]({os.path.basename(path)[:-3]}.png)", ""]
     with open(path, "w") as f:
         f.write("\n".join(md))
 
 
 def write_plot(path: str, data: dict) -> None:
     """train_budget.png from the run's record: held-out mIoU against training seconds."""
-    results, info, budget = data["results"], data["machine"], data["budget_seconds"]
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    results, info, budget = data["results"], data, data["budget_seconds"]
+    plt = bm.pyplot()
     fig, ax = plt.subplots(figsize=(8, 6))
     for r in results:
         c = r["curve"]
@@ -467,7 +364,7 @@ def write_plot(path: str, data: dict) -> None:
     ax.axhline(TARGET_MIOU, color="black", lw=0.8, ls=":", label=f"target {TARGET_MIOU:.2f}")
     ax.set(xlabel="training seconds (held-out evaluation not counted)", ylabel="held-out mIoU",
            title=f"Held-out mIoU vs training time, {budget:g} s budget per model\n"
-                 f"({info['device']}, {info['torch_threads']} torch thread(s), "
+                 f"({info['device']}, {info['threads']} torch thread(s), "
                  f"torch {info['torch']})",
            xlim=(0, budget * 1.02), ylim=(0, 1))
     ax.grid(True, alpha=0.3)
@@ -492,19 +389,15 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="NAME",
                         help=f"models to train, in this order (default: all: "
                              f"{' '.join(MODELS)})")
-    parser.add_argument("--evals", type=int, default=DEFAULT_EVALS,
+    parser.add_argument("--evals", type=bm.positive, default=DEFAULT_EVALS,
                         help="held-out evaluations during each run, evenly spaced over the "
                              f"budget, the last at its end (default: {DEFAULT_EVALS})")
     parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                         help="learning-rate schedule on the clock (default: cosine: 5%% warm-up, "
                              "then cosine decay to 0 at the end of the budget)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for torch (default: 0 keeps torch's default, one per "
-                             "core, as a user would have it; on a CPU shared with other work, "
-                             "1 is slower per step but far less hurt by contention)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"),
-                        help="folder for train_budget.md, .json and .png "
-                             "(default: benchmarks/results)")
+    bm.add_common_flags(parser, os.path.join(HERE, "results"), merge=False,
+                        smoke="a tiny run: 1 s each for final and unet, 1 evaluation (writes "
+                              "train_budget_smoke.*)")
     args = parser.parse_args(argv)
     if not (args.budget > 0 and math.isfinite(args.budget)):
         parser.error(f"argument --budget: {args.budget:g} must be a positive number of seconds, "
@@ -514,19 +407,15 @@ def parse_args(argv=None):
         parser.error(f"argument --models: unknown model {', '.join(map(repr, unknown))}; "
                      f"choose from {' '.join(MODELS)}")
     args.models = list(dict.fromkeys(args.models))           # drop repeats, keep the order
-    if args.evals < 1:
-        parser.error(f"argument --evals: {args.evals} must be at least 1")
-    if args.threads < 0:
-        parser.error(f"argument --threads: {args.threads} must be 0 (torch's default) or more")
+    if args.smoke:
+        args.budget, args.evals, args.models = 1.0, 1, ["final", "unet"]
     return args
 
 
-def write_report(out: str, data: dict) -> dict:
-    """Write train_budget.md, .json and .png into `out`; returns their paths."""
-    os.makedirs(out, exist_ok=True)
-    paths = {ext: os.path.join(out, f"train_budget.{ext}") for ext in ("md", "json", "png")}
-    with open(paths["json"], "w") as f:
-        json.dump(data, f, indent=1)
+def write_report(stem: str, data: dict) -> dict:
+    """Write stem.md, .json and .png from the run's record; returns their paths."""
+    paths = {ext: f"{stem}.{ext}" for ext in ("md", "json", "png")}
+    bm.write_json(paths["json"], data, data["results"])
     write_markdown(paths["md"], data)
     write_plot(paths["png"], data)
     return paths
@@ -539,10 +428,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     device = u.get_device()
-    info = machine(device, args.threads, default_threads)
+    info = bm.run_metadata(
+        "train_budget", argv, device, command=command_line(args),
+        load=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        default_threads=default_threads,
+        threads_setting=f"--threads {args.threads}" if args.threads else "torch's default")
     load = f"{info['load'][0]:.1f}" if info["load"] else "n/a"
-    print(f"device {info['device']}, CPU {info['cpu']} ({info['cpu_count']} logical, "
-          f"torch threads {info['torch_threads']}), torch {info['torch']}, load average {load}")
+    print(f"device {info['device']}, CPU {info['machine']} (torch threads {info['threads']}), "
+          f"torch {info['torch']}, load average {load}")
     print(f"budget {args.budget:g} s of training per model, batch {BATCH_SIZE}, "
           f"{IMAGE_SIZE} px, lr {LR:g} ({args.schedule}), models: {' '.join(args.models)}")
     sizes = {name: u.count_parameters(build(name)) for name in args.models}
@@ -556,22 +449,21 @@ def main(argv=None) -> int:
         results.append(run_model(name, args.budget, args.evals, args.schedule, heldout, device,
                                  log=lambda text: print(text, flush=True)))
     lines = targets(results, args.budget)
-    data = {"command": command_line(args), "budget_seconds": args.budget,
+    data = {**info, "budget_seconds": args.budget,
             "recipe": {"batch_size": BATCH_SIZE, "image_size": IMAGE_SIZE, "lr": LR,
                        "weight_decay": WEIGHT_DECAY, "seed": SEED, "schedule": args.schedule,
                        "warmup_share": WARMUP, "evals": args.evals,
                        "heldout_images": len(heldout[0])},
-            "machine": info, "load_at_end": load_1min(),
-            "wall_seconds": time.perf_counter() - start,
+            "load_at_end": bm.load_average(), "wall_seconds": time.perf_counter() - start,
             "targets": [{"verdict": v, "text": t} for v, t in lines], "results": results}
 
     print()
-    print_table(results)
+    bm.print_table(header(results), table_rows(results))
     print()
     for verdict, text in lines:
         print(f"{verdict:<4}  {text}")
     print(f"1-minute load average: {load_summary(data)}")
-    paths = write_report(args.out, data)
+    paths = write_report(bm.results_stem(args, "train_budget"), data)
     print(f"\nwrote {paths['md']}, {paths['json']} and {paths['png']} "
           f"({data['wall_seconds']:.0f} s)")
     return 0

@@ -90,8 +90,7 @@ plt.rcParams["figure.dpi"] = 72   # small committed figures
 # A batch is a pair: images `[B, 3, H, W]` with values roughly in `[0, 1]`, and label maps
 # `[B, H, W]` holding one class id per pixel.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 images, labels = u.make_shapes_batch(6, image_size=64, seed=0)
 print("images:", tuple(images.shape), images.dtype)
 print("labels:", tuple(labels.shape), labels.dtype)
@@ -110,8 +109,7 @@ plt.show()
 # which holds all three shapes. The encoder, like every PyTorch layer, expects a batch, so we add a
 # batch dimension of 1.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 index = 2
 image, label = images[index], labels[index]
 print("classes in this image:", [u.CLASS_NAMES[c] for c in label.unique().tolist()])
@@ -149,8 +147,7 @@ print("x:", tuple(x.shape), "  (batch, channels, height, width)")
 # $\lfloor (H + 2p - k)/s \rfloor + 1$; with kernel $k=3$, padding $p=1$ and stride $s=1$ that is
 # $H$ again. Padding with one ring of zeros is what keeps the 64×64 size.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)
 h1 = conv1(x)
 print("conv1.weight:", tuple(conv1.weight.shape), " conv1.bias:", tuple(conv1.bias.shape),
@@ -163,8 +160,7 @@ print("after conv1:", tuple(h1.shape))
 # ReLU sets every negative value to zero and changes no shape. The 2×2 max-pool with stride 2
 # keeps the largest value of each 2×2 block, so height and width halve. Neither has parameters.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 pool = nn.MaxPool2d(2, 2)
 a1 = F.relu(h1)
 p1 = pool(a1)
@@ -177,8 +173,7 @@ print("after pool:", tuple(p1.shape), f"  pool parameters: {u.count_parameters(p
 # The second stage repeats the first on the 32 channels: 32 · 3 · 3 · 64 weights plus 64 biases,
 # 18,496 parameters. After the second pool, each side is a quarter of the input's.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
 h2 = conv2(p1)
 p2 = pool(F.relu(h2))
@@ -193,8 +188,7 @@ print("after pool :", tuple(p2.shape))
 # matter: they become the keys of the module's `state_dict`, and the final check of this notebook
 # loads the weights of `latentseg_utils.SimpleEncoder` into your class by those names.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 class SimpleEncoder(nn.Module):
     """The tutorial's CNN encoder: [B, in_channels, H, W] -> [B, feature_dim, H/4, W/4]."""
 
@@ -223,8 +217,7 @@ print("encoder:", tuple(x.shape), "->", tuple(features.shape),
 # upsampling (notebook 03) returns 64×64, not 66×66. This is why `u.SegmentationModel` rejects
 # such sizes with a clear error instead of returning a label map of the wrong size.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     for size in (32, 64, 96, 66):
         side = encoder(torch.zeros(1, 3, size, size)).shape[-1]
@@ -245,8 +238,7 @@ with torch.no_grad():
 # The table counts both for a 64×64 image at several strides. Stride 1 would mean attention over
 # raw pixels.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 K = 16   # the tutorial's number of latents (notebook 02)
 print(f"{'stride':>6}  {'grid':>7}  {'tokens N':>8}  {'N*N':>12}  {'N*K':>7}")
 for stride in (1, 2, 4, 8):
@@ -336,8 +328,7 @@ plt.show()
 #
 # A max-pool is a layer with kernel 2 and stride 2 for this purpose.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 layers = [("conv1", 3, 1), ("pool", 2, 2), ("conv2", 3, 1), ("pool", 2, 2)]
 r, j = 1, 1
 print(f"{'layer':<6} {'kernel':>6} {'stride':>6} {'jump':>5} {'field':>6}")
@@ -361,8 +352,7 @@ print(f"one output cell sees {receptive_field}x{receptive_field} pixels; "
 # the one nearest the centre of the 16×16 grid. For sample 2 that is cell (7, 5), on the
 # triangle's left edge just above its base (drawn below).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 def measured_field(row, col, size=64):
     """The input pixels that can influence output cell (row, col): a bool mask [size, size]."""
     probe = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.AvgPool2d(2),
@@ -535,7 +525,6 @@ def check_field_and_jump(fn):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def field_and_jump(layers):
     r, j = 1, 1
     for k, s in layers:
@@ -565,7 +554,6 @@ def check_field_box(fn):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def field_box(row, col, size=64):
     # cell i stands for pixels jump*i .. jump*i + jump - 1; its field reaches
     # (receptive_field - jump) / 2 = 3 pixels further on each side
@@ -597,7 +585,6 @@ def check_encoder_parameters(fn):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def encoder_parameters(in_channels, feature_dim):
     conv1 = in_channels * 3 * 3 * 32 + 32
     conv2 = 32 * 3 * 3 * feature_dim + feature_dim
@@ -614,8 +601,7 @@ print(f"1 channel, feature_dim=128: {encoder_parameters(1, 128):,} parameters")
 # built: the same parameter names and shapes, and, given the same weights, the same output on
 # all six images. If the two drifted apart, this cell would fail, and so would the series' tests.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 reference = u.SimpleEncoder()
 mine = SimpleEncoder()
 shapes = [(name, tuple(p.shape)) for name, p in mine.state_dict().items()]

@@ -86,8 +86,7 @@ plt.rcParams["figure.dpi"] = 72   # small committed figures
 # features. Attention works on sets of vectors, so we flatten the grid row by row into
 # $N = 256$ **tokens** of width $D = 64$: `[B, D, h, w] -> [B, N, D]`.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 images, labels = u.make_shapes_batch(6, image_size=64, seed=0)
 image = images[2]                                   # the sample notebook 01 follows
 encoder = u.SimpleEncoder()
@@ -124,8 +123,7 @@ def attention(q, k, v):
 # weights sums to 1, and that the answer equals PyTorch's fused
 # `F.scaled_dot_product_attention`.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 gen = torch.Generator().manual_seed(0)
 q, k, v = torch.randn(3, 8, generator=gen), torch.randn(5, 8, generator=gen), torch.randn(5, 4, generator=gen)
 out, w = attention(q, k, v)
@@ -175,8 +173,7 @@ for d in (4, 16, 64, 256):
 # `in_proj_weight` of shape `[3E, E]`. Its biases start at zero, so we randomise them; otherwise
 # the comparison would not test them.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 E, heads = 64, 4
 mha = nn.MultiheadAttention(E, heads, batch_first=True)
 with torch.no_grad():
@@ -192,8 +189,7 @@ print("out_proj.weight", tuple(W_o.shape), f"  parameters: {u.count_parameters(m
 # **Step 1, project.** As queries we use 16 random vectors; in the next section they become the
 # learned latents. The keys and values are the 256 pixel tokens.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 query = torch.randn(1, 16, E, generator=gen)      # [B, M, E]
 key = value = tokens                              # [B, N, E]
 Q = query @ W_q.T + b_q
@@ -207,8 +203,7 @@ print("Q", tuple(Q.shape), "  K", tuple(Kp.shape), "  V", tuple(Vp.shape))
 # `(heads, E/heads)`, and a `transpose` moves the heads next to the batch. Each head then
 # looks like an independent batch entry.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 def split_heads(t, heads):
     """[B, L, E] -> [B, heads, L, E / heads]"""
     B, L, E = t.shape
@@ -222,8 +217,7 @@ print("Q", tuple(Qh.shape), "  K", tuple(Kh.shape), "  V", tuple(Vh.shape), "  (
 # **Step 3, attend.** Our `attention` function works on any leading dimensions, so all heads run
 # at once. The scale is now $\sqrt{E/h} = 4$, the width of one head.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 head_out, head_weights = attention(Qh, Kh, Vh)
 print("per-head output", tuple(head_out.shape), "  weights", tuple(head_weights.shape))
 
@@ -231,8 +225,7 @@ print("per-head output", tuple(head_out.shape), "  weights", tuple(head_weights.
 # **Steps 4 and 5, merge and project.** We undo the split and apply the output projection. The
 # output projection is what lets the heads' answers mix.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 merged = head_out.transpose(1, 2).reshape(1, 16, E)     # [B, M, E]
 by_hand = merged @ W_o.T + b_o
 print("merged", tuple(merged.shape), "-> output", tuple(by_hand.shape))
@@ -242,8 +235,7 @@ print("merged", tuple(merged.shape), "-> output", tuple(by_hand.shape))
 # Now the five steps go into one function, and we compare it with PyTorch, outputs and per-head weights,
 # on a batch of two different inputs.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 def multi_head_attention(query, key, value, mha):
     """nn.MultiheadAttention's forward (batch_first) written out with mha's weights.
     query [B, M, E], key and value [B, N, E] -> (out [B, M, E], weights [B, heads, M, N])"""
@@ -322,8 +314,7 @@ class LatentAttention(nn.Module):
 # %% [markdown]
 # We build it with the tutorial's sizes and read the sample image's 256 tokens.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 latent_attention = LatentAttention(feature_dim=64, latent_dim=64, num_latents=16, num_heads=4)
 with torch.no_grad():
     experts, weights = latent_attention(tokens, return_attention=True)
@@ -334,8 +325,7 @@ print("each latent's weights sum to 1 over the tokens:", torch.allclose(weights.
 # %% [markdown]
 # Where do its parameters sit? The last line adds up the three extra projections described above.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for name, child in [("latents", None), ("key_proj", latent_attention.key_proj),
                     ("value_proj", latent_attention.value_proj),
                     ("query_proj", latent_attention.query_proj),
@@ -467,8 +457,7 @@ def torch_threads(n):
 # what we want to see. The printed numbers depend on the machine and on what else it is doing;
 # the last column says which of the two was faster at each size.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 self_attention = nn.MultiheadAttention(64, 4, batch_first=True).eval()
 latent_reader = u.LatentAttention(64, 64, 16, 4).eval()
 sizes = [32, 64, 96, 128, 160]
@@ -547,8 +536,7 @@ plt.show()
 # $N\times N$ matrix no longer fits in the CPU's caches, which can make its time grow faster than
 # $N^2$ there. The last lines compare the two modules.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 def slope(rows, key):
     N = np.log([r[0] for r in rows])
     y = np.log([max(r[key], 1e-12) for r in rows])
@@ -569,8 +557,7 @@ for key, what in ((1, "time"), (2, "peak memory")):
 # every machine: at every size, self-attention stores $N/K$ times as many weights as the latents
 # do, and that factor grows with the image:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for (N, _, _, self_bytes), (_, _, _, latent_bytes) in zip(bench["self-attention"], bench["latent attention"]):
     print(f"N = {N:>5,}: self-attention stores {self_bytes // latent_bytes:>3}x the latents' weights (N/K = {N // 16})")
 
@@ -615,12 +602,12 @@ def check_shuffle(fn):
     with torch.no_grad():
         before = latent_attention(tokens)
         after = latent_attention(shuffled)
-    print("latent output unchanged by the shuffle:", torch.allclose(before, after, atol=1e-5))
+    assert torch.allclose(before, after, atol=1e-5), "the latent output changed with the order"
+    print("correct: the latent output is unchanged by the shuffle")
 
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def shuffle_tokens(tokens, generator):
     order = torch.randperm(tokens.shape[1], generator=generator)
     return tokens[:, order]
@@ -652,7 +639,6 @@ def check_counts(fn):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def attention_weight_counts(image_size, num_latents=16, num_heads=4):
     N = (image_size // 4) ** 2
     return num_heads * N * N, num_heads * num_latents * N
@@ -682,7 +668,6 @@ def check_folded(folded):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 import copy
 
 folded = copy.deepcopy(latent_attention)
@@ -702,8 +687,7 @@ check_folded(folded)
 # `multi_head_attention` reproduces the module's own attention from its weights. If either drifts,
 # this cell fails, and so do the series' tests.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 reference = u.LatentAttention(feature_dim=64, latent_dim=64, num_latents=16, num_heads=4)
 mine = LatentAttention(feature_dim=64, latent_dim=64, num_latents=16, num_heads=4)
 shapes = [(name, tuple(p.shape)) for name, p in mine.state_dict().items()]

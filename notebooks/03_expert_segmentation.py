@@ -85,8 +85,7 @@ plt.rcParams["figure.dpi"] = 72   # small committed figures
 # (one per 4×4 block). `LatentAttention` lets $K = 16$ learned latents read them, and its output
 # is 16 refined **experts**.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 images, labels = u.make_shapes_batch(6, image_size=64, seed=0)
 image, label = images[2], labels[2]                # the sample notebooks 01 and 02 follow
 x = image.unsqueeze(0)                             # [1, 3, 64, 64]
@@ -110,8 +109,7 @@ print("image", tuple(x.shape), "-> features", tuple(features.shape),
 #
 # Each pixel gets back a weighted mix of the experts. Its weights are 16 numbers per head that sum to 1.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 pixel_proj = nn.Linear(64, 64)
 expert_attention = nn.MultiheadAttention(64, 4, batch_first=True)
 with torch.no_grad():
@@ -131,8 +129,7 @@ print("each pixel's weights sum to 1 over the experts:",
 # connection). We can rebuild every pixel's output from its weights and the experts alone, never
 # touching the pixel features:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 W_v = expert_attention.in_proj_weight[128:]          # the value rows of the stacked projection
 b_v = expert_attention.in_proj_bias[128:]
 with torch.no_grad():
@@ -157,8 +154,7 @@ print("every pixel's output rebuilt from its weights and the experts alone:",
 # tutorial's default is `num_classes=2`, and we keep it so that the parameter count below matches
 # the tutorial's. The series' shapes data has 4 classes, and notebook 05 uses 4.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 num_classes = 2
 segmentation_head = nn.Linear(64, num_classes)
 with torch.no_grad():
@@ -173,8 +169,7 @@ print("attended", tuple(attended.shape), "-> logits", tuple(pixel_logits.shape),
 # The tutorial's `ExpertSegmentation` is these three layers. We keep its attribute names, which
 # become the `state_dict` keys that the final check compares.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 class ExpertSegmentation(nn.Module):
     """Each pixel attends over the experts; a linear head gives class logits.
     pixel_features [B, N, feature_dim], experts [B, K, latent_dim] -> logits [B, N, num_classes]
@@ -245,8 +240,7 @@ class SegmentationModel(nn.Module):
 # %% [markdown]
 # One forward pass on the sample, with the shape of everything it returns:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 model = SegmentationModel()
 with torch.no_grad():
     logits, attention = model(x, return_attention=True)
@@ -260,8 +254,7 @@ print("latent weights", tuple(attention["latent"].shape), "  pixel weights", tup
 # the count of `latentseg_utils.SegmentationModel`, the tutorial's model as the rest of the series
 # uses it.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 la, es = model.latent_attention, model.expert_segmentation
 parts = {
     "encoder": [("conv1", model.encoder.conv1), ("conv2", model.encoder.conv2)],
@@ -295,8 +288,7 @@ assert total == u.count_parameters(model) == reference_total
 # the head's 130 plus the decoder's 38. The number of classes changes only the head and the
 # decoder (exercise 1 checks this by arithmetic):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for c in (2, 4):
     print(f"num_classes={c}: {u.count_parameters(SegmentationModel(num_classes=c)):,} parameters")
 
@@ -479,7 +471,6 @@ def check_model_parameters(fn):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def model_parameters(num_classes):
     C = num_classes
     fixed = (u.count_parameters(model.encoder) + u.count_parameters(model.latent_attention)
@@ -513,7 +504,6 @@ def check_shapes_96(expected):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 N96 = (96 // 4) ** 2    # 576 tokens; still 16 experts
 expected_96 = {"logits": (1, 2, 96, 96), "latent": (1, 4, 16, N96), "pixel": (1, 4, N96, 16)}
 check_shapes_96(expected_96)
@@ -533,12 +523,12 @@ def check_expert_masks(fn):
     assert tuple(masks.shape) == (K, 16, 16), f"expected shape {(K, 16, 16)}, got {tuple(masks.shape)}"
     assert torch.allclose(masks.flatten(1).T, pixel_w.mean(0), atol=1e-6), \
         "mask k at pixel n should be the head-mean weight of pixel n on expert k"
-    print("masks sum to 1 at every pixel:", torch.allclose(masks.sum(0), torch.ones(16, 16), atol=1e-5))
+    assert torch.allclose(masks.sum(0), torch.ones(16, 16), atol=1e-5), "masks must sum to 1 at every pixel"
+    print("correct: the masks sum to 1 at every pixel")
 
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def expert_masks(pixel_weights):
     heads, N, K_ = pixel_weights.shape
     side = int(N ** 0.5)
@@ -554,8 +544,7 @@ check_expert_masks(expert_masks)
 # parameter names and shapes, and, with the same weights, the logits and both attention maps on
 # all six images. If either side drifts, this cell fails, and so do the series' tests.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 ref_head = u.ExpertSegmentation(feature_dim=64, latent_dim=64, num_heads=4, num_classes=2)
 my_head = ExpertSegmentation(feature_dim=64, latent_dim=64, num_heads=4, num_classes=2)
 head_shapes = ([(n, tuple(p.shape)) for n, p in my_head.state_dict().items()]

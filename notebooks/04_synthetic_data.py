@@ -90,8 +90,7 @@ plt.rcParams["figure.dpi"] = 72   # small committed figures
 # drawn separately, one random class id per pixel `[B, H, W]`. With the tutorial's default of two
 # classes every label is 0 or 1, each with probability 1/2.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 noise_images, noise_labels = u.make_noise_batch(8, 32, num_classes=2, seed=0)
 print("images:", tuple(noise_images.shape), noise_images.dtype)
 print("labels:", tuple(noise_labels.shape), noise_labels.dtype, "values:", noise_labels.unique().tolist())
@@ -168,8 +167,7 @@ plt.show()
 # Now the experiment. The tutorial's model with its defaults (`u.SegmentationModel()`: two classes,
 # 70,504 parameters), seeded so the run is the same every time.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 torch.manual_seed(0)
 noise_model = u.SegmentationModel()
 print(f"SegmentationModel: {u.count_parameters(noise_model):,} parameters, "
@@ -181,8 +179,7 @@ print(f"SegmentationModel: {u.count_parameters(noise_model):,} parameters, "
 # `u.train` calls `data(batch_size, image_size, seed=generator)` for every step, so
 # `u.make_noise_batch` plugs straight in. There is nothing to evaluate on (no held-out set).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 noise_history = u.train(noise_model, steps=200, batch_size=8, image_size=32,
                         data=u.make_noise_batch, lr=1e-3, schedule="constant", heldout=None)
 
@@ -214,11 +211,10 @@ print(f"first step {losses[0]:.4f}, mean of the last 100 steps {noise_final_loss
 print(f"lowest single step {losses.min():.4f}")
 
 # %% [markdown]
-# The verdict, as a check that the test suite compares on every run. (The floats above may differ in
-# their last digits on another machine; the verdict must not.)
+# The verdict. (The floats above may differ in their last digits on another machine; the verdict
+# does not.)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert abs(noise_final_loss - math.log(2)) < 0.01, noise_final_loss
 print("final loss within 0.01 of ln 2:", abs(noise_final_loss - math.log(2)) < 0.01)
 
@@ -236,8 +232,7 @@ print(f"predicted probability of label 1: from {p1.min():.3f} to {p1.max():.3f},
 # %% [markdown]
 # As a check:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("every predicted probability within 0.05 of 1/2:", bool(((p1 - 0.5).abs() < 0.05).all()))
 
 # %% [markdown]
@@ -270,8 +265,7 @@ print("every predicted probability within 0.05 of 1/2:", bool(((p1 - 0.5).abs() 
 # has an offset $d_x$ (a row vector `[1, S]`) and $d_y$ (a column vector `[S, 1]`) from the centre.
 # Broadcasting the two gives a full `[S, S]` grid without a loop.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 S = 64
 coords = torch.arange(S, dtype=torch.float32) + 0.5      # pixel centres
 dx = coords.view(1, S) - 32.0                            # [1, S]: offset along x (columns)
@@ -389,8 +383,7 @@ print(f"object colours: mean {c.mean(0).numpy().round(3)}, quartiles "
 # %% [markdown]
 # As a check over all 100,000 draws:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("every channel differs from the background by at least 0.25:", bool(((c - b).abs() >= 0.25).all()))
 
 
@@ -497,8 +490,7 @@ print("images", tuple(mine_images.shape), mine_images.dtype, "| labels", tuple(m
 # The check: with the defaults and with other settings, our loop and the module's vectorised
 # generator give the same labels, pixel for pixel, and the same images.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 settings = [dict(batch_size=16, image_size=64, seed=0), dict(batch_size=8, image_size=48, seed=7),
             dict(batch_size=8, image_size=64, seed=3, max_objects=6, noise=0.0),
             dict(batch_size=8, image_size=32, seed=5, max_objects=2, radius_range=(0.2, 0.3))]
@@ -516,8 +508,7 @@ for setting in settings:
 # From here on we use the module's generator. A batch of 16 images of 64×64 pixels, and the first
 # five of them over their labels.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 images, labels = u.make_shapes_batch(16, 64, seed=0)
 print("images:", tuple(images.shape), images.dtype, "| labels:", tuple(labels.shape), labels.dtype)
 print("classes:", dict(enumerate(u.CLASS_NAMES)))
@@ -558,8 +549,7 @@ plt.show()
 # %% [markdown]
 # The same facts as checks:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("every class present:", bool((counts > 0).all()))
 print("background is the majority:", bool(share[0] > 0.5))
 print("the three shapes within a factor 1.5 of each other:", bool(share[1:].max() / share[1:].min() < 1.5))
@@ -607,8 +597,7 @@ for k in range(4):
 # %% [markdown]
 # As a check:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("every class's mean colour within 0.03 of 0.5:", bool(((class_means - 0.5).abs() < 0.03).all()))
 
 # %% [markdown]
@@ -618,8 +607,7 @@ print("every class's mean colour within 0.03 of 0.5:", bool(((class_means - 0.5)
 # of the shapes data. It is drawn from its own seed, `u.HELDOUT_SEED`, which no training stream
 # uses, so no model ever trains on these images; and it is the same on every call.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 heldout = u.make_heldout_set()
 again = u.make_heldout_set()
 print("held-out images", tuple(heldout[0].shape), "labels", tuple(heldout[1].shape))
@@ -636,8 +624,7 @@ print("different from the training stream of seed 0:",
 # long-range variants, in which a frame or a corner square names the one shape kind that counts,
 # a cue far from most pixels. Each variant is a set of `u.make_shapes_batch` arguments:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 validation = u.make_split("shapes", "validation")
 print("u.make_split('shapes', 'test') is the held-out set:",
       torch.equal(u.make_split("shapes", "test")[1], heldout[1]))
@@ -656,8 +643,7 @@ for name, options in u.DATA_VARIANTS.items():
 # machine and its load, so this output is not compared; what matters is that a batch costs a
 # small fraction of a training step.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 u.make_shapes_batch(16, 64, seed=0)                                    # warm-up
 start = time.perf_counter()
 for seed in range(50):
@@ -695,8 +681,7 @@ print(f"one training step of u.SegmentationModel: {1000 * (time.perf_counter() -
 # `u.PixelClassifier` is two 1×1 convolutions with a ReLU between them: a small neural network
 # applied to each pixel's three colour values on its own, with no view of its neighbours.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 torch.manual_seed(0)
 pixel_model = u.PixelClassifier()
 print(pixel_model)
@@ -706,8 +691,7 @@ print(f"{u.count_parameters(pixel_model):,} parameters")
 # Its receptive field is one pixel. We measure it: change one pixel of an image and see which
 # outputs change.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     image = heldout[0][:1]
     poked = image.clone()
@@ -719,8 +703,7 @@ print("outputs that changed:", int(changed.sum()), "at (row, col)", changed.nonz
 # Train it for 300 steps on the shapes data with `u.train`'s defaults (batches of 16 at 64×64,
 # AdamW, learning rate 3e-3 with a cosine schedule), scoring the held-out set every 100 steps.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 pixel_history = u.train(pixel_model, steps=300, heldout=heldout)
 
 # %% [markdown]
@@ -754,10 +737,9 @@ for k, iou in enumerate(scores["per_class_iou"].tolist()):
 print(f"mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f}")
 
 # %% [markdown]
-# The verdict, as a check that the test suite compares:
+# The verdict:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert scores["miou"] <= 0.5, scores["miou"]
 print("per-pixel classifier mIoU at most 0.5:", scores["miou"] <= 0.5)
 print("held-out loss within 0.05 of the class-balance entropy:", abs(heldout_loss - prior_entropy) < 0.05)
@@ -785,8 +767,7 @@ print(f"trained per-pixel classifier: mIoU {scores['miou']:.3f}, "
 # %% [markdown]
 # As a check:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("per-pixel classifier within 0.05 mIoU of 'background everywhere':",
       abs(scores["miou"] - lazy_miou) < 0.05)
 
@@ -862,7 +843,6 @@ def check_noise_floor(fn):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def noise_floor(num_classes):
     # K equally likely labels, independent of the image: the best answer is 1/K for every
     # class, and the loss is then -ln(1/K) = ln K.
@@ -903,7 +883,6 @@ def check_diamond(fn):
 
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
-# NBVAL_CHECK_OUTPUT
 def diamond_mask(dx, dy, r):
     return dx.abs() + dy.abs() <= r     # the "L1 circle": corners at distance r on the axes
 
@@ -932,9 +911,8 @@ def check_leaky(fn):
     print("the colour now gives the class away: smallest gap between class colours", round(float(gaps.min()), 2))
 
 
-# %% cellView="form" jupyter={"source_hidden": true}
+# %% cellView="form" jupyter={"source_hidden": true} tags=["nbval-ignore-output"]
 # @title Solution (double-click to show)
-# NBVAL_IGNORE_OUTPUT
 def leaky_shapes_batch(batch_size, image_size, seed=None):
     images, labels = u.make_shapes_batch(batch_size, image_size, seed=seed, noise=0.0)
     palette = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -956,12 +934,10 @@ assert leaky_history["miou"][-1] > 0.9
 # %% [markdown]
 # ## Final check: the notebook's claims, and your generator is `latentseg_utils.make_shapes_batch`
 #
-# The three results of this notebook in one cell, compared by the test suite on every run: the
-# noise model's final loss is within 0.01 of ln 2, the generator built here step by step is the
+# The three results of this notebook in one cell: the noise model's final loss is within 0.01 of ln 2, the generator built here step by step is the
 # module's (on a fresh seed), and the per-pixel classifier stays at or below 0.5 mIoU.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 ours = shapes_batch_step_by_step(8, 64, seed=11)
 theirs = u.make_shapes_batch(8, 64, seed=11)
 same_generator = torch.equal(ours[1], theirs[1]) and torch.equal(ours[0], theirs[0])

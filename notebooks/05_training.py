@@ -23,7 +23,7 @@
 # that reaches over 0.90 held-out mIoU, one measured step at a time, and you will know when its
 # latent attention earns its place and when it does not.
 #
-# **Run time:** eighteen trainings, about five minutes on the CPU this copy was run on (the
+# **Run time:** eighteen trainings, about seven minutes on the CPU this copy was run on (the
 # tables' `seconds` column shows what each training took). On a GPU each training is far faster,
 # but the notebook then also reruns its two multi-seed grids itself (63 more trainings, sections
 # 4 and 6); how long that takes has not been measured yet.
@@ -72,6 +72,7 @@ if "google.colab" in sys.modules:
 
 # %%
 import math
+import os
 
 import matplotlib.pyplot as plt
 import torch
@@ -138,8 +139,7 @@ def show_table(rows):
 # the three object classes 0; the cell after the training curves computes it), so that is the
 # floor to beat.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 faithful, faithful_history, faithful_scores = run(
     "0  tutorial SegmentationModel", lambda: u.SegmentationModel(num_classes=4), ABLATION_STEPS,
     curves=True)
@@ -164,8 +164,7 @@ print(f"tutorial model:        mIoU {faithful_scores['miou']:.3f}")
 for name, iou in zip(u.CLASS_NAMES, faithful_scores["per_class_iou"]):
     print(f"  {name:<10} IoU {iou:.3f}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("tutorial model stalls below 0.5 mIoU:", faithful_scores["miou"] < 0.5)
 
 # %% [markdown]
@@ -243,8 +242,7 @@ print(f"share of feature variance within an image:  {float(token_within):.3f}")
 # *set*: shuffle the pixel tokens and the latents come out the same. So the latents cannot know
 # *where* anything is; only what is there.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     order = torch.randperm(tokens.shape[1], generator=torch.Generator().manual_seed(0))
     shuffled = faithful.latent_attention(tokens[:, order.to(device)])
@@ -291,8 +289,7 @@ print(f"best mIoU a stride-4 prediction + x4 bilinear upsample can reach: {ceili
 # Positions, the refinement path, the local loss and the options of steps 5-7 stay off until
 # their step.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step1a = dict(encoder_depth=1, positions=False, refine=False, local_loss=0,
               detach_attention=False, colour_tokens=False,
               residual=False, layer_norm=False, mlp=False, batchnorm=False, stem=False, fuse=False)
@@ -350,8 +347,7 @@ class ResidualBlock(nn.Module):
 # same block with the same three switches. For the block of each of steps 1a-1d we copy the
 # module's weights into ours and compare the outputs in eval mode.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 block_steps = {"1a": dict(residual=False, layer_norm=False, mlp=False),
                "1b": dict(residual=True, layer_norm=False, mlp=False),
                "1c": dict(residual=True, layer_norm=True, mlp=False),
@@ -366,18 +362,15 @@ for name, switches in block_steps.items():
         print(f"step {name}: ResidualBlock matches u.AttentionBlock:",
               torch.allclose(ours(x, context), theirs(x, context), atol=1e-5))
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step1b = dict(step1a, residual=True)
 _ = run("1b + residual", lambda: u.LatentSegNet(**step1b), ABLATION_STEPS)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step1c = dict(step1b, layer_norm=True)
 _ = run("1c + LayerNorm", lambda: u.LatentSegNet(**step1c), ABLATION_STEPS)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step1d = dict(step1c, mlp=True)
 _ = run("1d + MLP", lambda: u.LatentSegNet(**step1d), ABLATION_STEPS)
 
@@ -398,8 +391,7 @@ show_table(table[-4:])
 # at a steady scale, however its weights move, and the features reach the attention at a steady
 # scale too. `batchnorm=True` puts it after every convolution of the model.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step1e = dict(step1d, batchnorm=True)
 _ = run("1e + BatchNorm", lambda: u.LatentSegNet(**step1e), ABLATION_STEPS)
 
@@ -408,8 +400,7 @@ _ = run("1e + BatchNorm", lambda: u.LatentSegNet(**step1e), ABLATION_STEPS)
 # the block of steps 1b-1d, or would it lift the tutorial's design by itself? We measure the other
 # order: BatchNorm switched on in step 1a, without the residual, LayerNorm and MLP (row 1e').
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step1e_alone = dict(step1a, batchnorm=True)
 _ = run("1e' BatchNorm alone: 1a + BatchNorm", lambda: u.LatentSegNet(**step1e_alone),
         ABLATION_STEPS)
@@ -435,8 +426,7 @@ show_table(table[-2:])
 # encoder gets a third convolution, each cell sees a wider window (step 5 computes it), and
 # step 3 reuses the stem's full-resolution features.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step1f = dict(step1e, stem=True)
 _ = run("1f + full-resolution stem", lambda: u.LatentSegNet(**step1f), ABLATION_STEPS)
 
@@ -448,8 +438,7 @@ _ = run("1f + full-resolution stem", lambda: u.LatentSegNet(**step1f), ABLATION_
 # output, and a 1×1 convolution (with BatchNorm) mixes them before the decoder. Whatever the
 # attention does to the tokens, the decoder still sees what the convolutions found.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step1g = dict(step1f, fuse=True)
 _ = run("1g + encoder features beside the attention", lambda: u.LatentSegNet(**step1g),
         ABLATION_STEPS)
@@ -486,8 +475,7 @@ for ax, channel, title in zip(axes, (0, 3, 4, 8), ("sin x, lowest", "sin x, high
 fig.suptitle("Four of the 16 position features on the 16×16 token grid: each token gets its own mix")
 plt.show()
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step2 = dict(step1g, positions=True)
 _ = run("2  + positions", lambda: u.LatentSegNet(**step2), ABLATION_STEPS)
 
@@ -498,8 +486,7 @@ _ = run("2  + positions", lambda: u.LatentSegNet(**step2), ABLATION_STEPS)
 # first, full-resolution layer (8 channels) in one 3×3 convolution before classifying. Colour edges
 # are sharp at full resolution, so boundaries can be too.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step3 = dict(step2, refine=True)
 step3_model, _, step3_scores = run("3  + full-resolution refinement",
                                    lambda: u.LatentSegNet(**step3), ABLATION_STEPS)
@@ -511,8 +498,7 @@ step3_model, _, step3_scores = run("3  + full-resolution refinement",
 # attention layer removed (`attention=False`: the pixels' MLP, the refinement and everything else
 # stay; the latents and both attentions go).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step3_plain, _, step3_plain_scores = run("3' step 3 without attention",
                                          lambda: u.LatentSegNet(**step3, attention=False),
                                          ABLATION_STEPS)
@@ -577,8 +563,7 @@ plt.show()
 # difference", and section 6 shows a model with the local loss still losing to its twin without
 # attention; so the local loss is a remedy tried, not one shown to work.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step4 = dict(step3, local_loss=0.5)
 _ = run("4  + local loss on the encoder", lambda: u.LatentSegNet(**step4), ABLATION_STEPS)
 
@@ -592,8 +577,7 @@ _ = run("4  + local loss on the encoder", lambda: u.LatentSegNet(**step4), ABLAT
 # notebook 01's formula, walking the encoder's layers in order: each layer with kernel $k$ adds
 # $(k - 1)\,j$ to the window, where $j$ is the stride accumulated so far.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 def receptive_field(model):
     """Width of the input window one encoder cell of a LatentSegNet sees."""
     window, jump = 1, 1
@@ -648,8 +632,7 @@ def watch_encoder_gradients(model):
         encoder_gradients["cosine"].append(float(F.cosine_similarity(through_attention, pixel, 0)))
     return callback
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step5 = dict(step4, encoder_depth=2)
 _ = run("5  + deeper encoder", lambda: u.LatentSegNet(**step5), ABLATION_STEPS,
         watch=watch_encoder_gradients)
@@ -698,8 +681,7 @@ print(f"cosine between them: first {encoder_gradients['cosine'][0]:+.2f}, "
 # context = tokens.detach() if self.detach_attention else tokens
 # ```
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step6 = dict(step5, detach_attention=True)
 _ = run("6  + attention reads without teaching", lambda: u.LatentSegNet(**step6), ABLATION_STEPS)
 
@@ -714,13 +696,11 @@ _ = run("6  + attention reads without teaching", lambda: u.LatentSegNet(**step6)
 # not only what the convolutions chose to keep, as Perceiver IO's latents read the raw input. This
 # is `u.LatentSegNet()` with its defaults: the series' final model.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 step7 = dict(step6, colour_tokens=True)
 _ = run("7  + latents read block colours", lambda: u.LatentSegNet(**step7), ABLATION_STEPS)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("step 7 is u.LatentSegNet() with its defaults:",
       u.LatentSegNet(**step7).config == u.LatentSegNet().config)
 print("steps 1a-7 are the module's u.ABLATION_STEPS (benchmarks/ablation.py trains them over seeds):",
@@ -796,8 +776,7 @@ class FinalModel(nn.Module):
 # mode, the same training loss, and the same gradient on the encoder's last convolution, so
 # `FinalModel` cuts the attention's path exactly where the module does.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 torch.manual_seed(0)
 theirs, ours = u.LatentSegNet().eval(), FinalModel().eval()
 ours.load_state_dict(theirs.state_dict())
@@ -819,16 +798,14 @@ print("same encoder gradient:", torch.allclose(ours.down[-1][0].weight.grad,
 # The same model, `u.LatentSegNet()`, now trained for `FINAL_STEPS` instead of `ABLATION_STEPS`
 # (this row changes the budget, not the model), with its curves recorded:
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 final, final_history, final_scores = run("final: LatentSegNet(), longer training",
                                          lambda: u.LatentSegNet(), FINAL_STEPS, curves=True)
 
 # %% [markdown]
 # And its twin with the attention removed, same budget, same seed: the pixel path alone.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 final_plain, _, final_plain_scores = run("final without attention",
                                          lambda: u.LatentSegNet(attention=False), FINAL_STEPS)
 
@@ -840,8 +817,7 @@ final_plain, _, final_plain_scores = run("final without attention",
 # %%
 show_table(table)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("final model's held-out mIoU at least 0.90:", final_scores["miou"] >= 0.90)
 print("final model beats the tutorial's by more than 0.4:",
       final_scores["miou"] - faithful_scores["miou"] > 0.4)
@@ -896,8 +872,7 @@ print("final model beats the tutorial's by more than 0.4:",
 # per row of the table, a dot per seed and a bar at the mean. In the figure, look at where the
 # dots of neighbouring columns overlap (no measurable difference) and where they jump apart.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import json
 from IPython.display import Markdown, display
 
@@ -941,15 +916,16 @@ plt.show()
 #
 # `u.save_checkpoint` writes the weights together with the configuration that rebuilds the model,
 # atomically (to a temporary file, then renamed), and `u.load_checkpoint` reads it with
-# `torch.load(..., weights_only=True)`, so no pickled code can run. Notebook 06 loads this file.
+# `torch.load(..., weights_only=True)`, so no pickled code can run. `u.checkpoint_path` says where
+# the file goes: `checkpoints/latentsegnet.pt`, next to the notebooks, where notebooks 06-08 look
+# for it.
 
-# %%
-# NBVAL_CHECK_OUTPUT
-CHECKPOINT = "checkpoints/latentsegnet.pt"
+# %% tags=["nbval-check-output"]
+CHECKPOINT = u.checkpoint_path("latentsegnet.pt")
 u.save_checkpoint(CHECKPOINT, final, extra={"miou": final_scores["miou"], "steps": FINAL_STEPS})
 loaded, extra = u.load_checkpoint(CHECKPOINT, device=device)
 same = torch.equal(u.predict(final, heldout[0]), u.predict(loaded, heldout[0]))
-print("saved to", CHECKPOINT)
+print("saved the final model as", os.path.basename(CHECKPOINT))
 print("loaded model gives the same predictions:", same)
 
 # %% [markdown]
@@ -1001,8 +977,7 @@ for variant in u.LONG_RANGE_VARIANTS:
 # GPU the next cell reruns them here; on a CPU it draws the committed results. In each panel
 # (one per variant) follow the two lines from left to right, from the cue outwards.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 DISTANCE_RESULTS = "../benchmarks/results/attention_distance.json"   # in a clone of the repository
 if device.type == "cuda":
     distance_grid = []
@@ -1105,8 +1080,7 @@ if distance_grid:
 # (a width that the heads do not divide, for example) is explained in the panel and cannot be
 # started.
 
-# %% tags=["widget-panel"]
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["widget-panel", "nbval-ignore-output"]
 import latentseg_widgets as uw
 panel = uw.training_panel()
 panel

@@ -23,7 +23,7 @@
 # attention in both directions (what each expert reads, which expert each pixel reads), measure
 # whether the "experts" specialise, and find and explain its worst failures.
 #
-# **Run time:** about 15 seconds on a quiet 2-core CPU when the trained model's checkpoint is present
+# **Run time:** about 30 seconds on a quiet 2-core CPU when the trained model's checkpoint is present
 # (`notebooks/checkpoints/latentsegnet.pt`, written by notebook 05). Without it the notebook first
 # trains the model itself, which adds about a minute (longer on a busy machine).
 #
@@ -108,9 +108,8 @@ plt.rcParams["figure.dpi"] = 72   # small committed figures
 # All the scores in this notebook are measured on `u.make_heldout_set()`: 256 images of 64×64
 # pixels that no training run ever sees.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
-CHECKPOINT = os.path.join("checkpoints", "latentsegnet.pt")   # relative to the notebooks folder
+# %% tags=["nbval-ignore-output"]
+CHECKPOINT = u.checkpoint_path("latentsegnet.pt")   # checkpoints/latentsegnet.pt, next to the notebooks
 heldout_images, heldout_labels = u.make_heldout_set()          # [256, 3, 64, 64], [256, 64, 64]
 
 
@@ -144,8 +143,7 @@ model = model.to(device).eval()
 # What we have, whichever way it came: the model's class, its size, its settings and how long it
 # was trained.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 config = model.config
 K, heads, num_classes = config["num_latents"], config["num_heads"], model.num_classes
 print(f"{type(model).__name__}: {u.count_parameters(model):,} parameters, {K} experts (latents), "
@@ -169,15 +167,20 @@ for name, iou in zip(u.CLASS_NAMES, scores["per_class_iou"].tolist()):
     print(f"  IoU {name:<10} {iou:.4f}")
 
 # %% [markdown]
-# The floats above may differ in their last digits on another machine. What must hold is compared
-# by the test suite on every run: the model is good, every class is learned, and the score agrees
-# with the one saved in the checkpoint (a check that the file loaded into the right model).
+# The floats above may differ in their last digits on another machine, and another training run
+# gives other ones. What holds for any run: three seeds of this model, trained by
+# `python benchmarks/robustness.py` (benchmarks/results/robustness_test.md), all score above 0.90
+# on the same held-out set:
+#
+# | data | model | mIoU per seed | mean | spread | worst | mean-ablated |
+# |---|---|---|---:|---:|---:|---:|
+# | shapes | final | 0.929, 0.934, 0.932 | 0.932 | 0.005 | 0.929 | 0.656 |
+#
+# The score must also agree with the one saved in the checkpoint, a check that the file loaded into
+# the right model.
 
-# %%
-# NBVAL_CHECK_OUTPUT
-assert scores["miou"] >= 0.90, scores["miou"]
+# %% tags=["nbval-check-output"]
 print("held-out mIoU at least 0.90:", scores["miou"] >= 0.90)
-print("every class IoU at least 0.85:", bool((scores["per_class_iou"] >= 0.85).all()))
 print("agrees with the mIoU saved in the checkpoint:", abs(scores["miou"] - extra["miou"]) < 1e-3)
 
 # %% [markdown]
@@ -289,8 +292,7 @@ for c, name in enumerate(u.CLASS_NAMES):
 # the convolutions (`detach_attention=True`). We compute both weights for the whole held-out set
 # at once (a few seconds) and keep them on the CPU.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     _, attention = model(heldout_images.to(device), return_attention=True)
 latent_w = attention["latent"].cpu()        # [B, heads, K, N]: expert -> tokens
@@ -310,8 +312,7 @@ print("each token's weights sum to 1 over the experts:",
 # the token's class is the majority. Blocks on a boundary are mixed; exercise 3 repeats the
 # analysis with only the pure blocks.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 one_hot = F.one_hot(heldout_labels, num_classes).permute(0, 3, 1, 2).double()   # [B, C, 64, 64]
 class_fraction = F.avg_pool2d(one_hot, 4).flatten(2)                           # [B, C, N]
 token_class = class_fraction.argmax(1)                                          # [B, N]
@@ -612,19 +613,30 @@ for name, value in zip(u.CLASS_NAMES, usage_entropy.tolist()):
           f"(about {math.exp(value * math.log(K)):.1f} experts' worth)")
 
 # %% [markdown]
-# The verdict, as checks that the test suite compares on every run:
+# The verdict on the copy shown here. One training run is one sample: another seed gives other
+# numbers, and some of these lines may print otherwise.
 
 # %%
-# NBVAL_CHECK_OUTPUT
 print("experts separate background from objects (more than 25% explained):",
       trained_spec["object or background"] > 0.25)
-print("experts tell the three shapes apart (more than 25% explained):",
-      trained_spec["which shape"] > 0.25)
 print("training made the experts more informative than chance:",
       trained_spec["all classes"] > 5 * untrained_spec["all classes"])
 print("no head alone explains more than half of which shape:", max(head_shape) < 0.5)
 print("every class spreads its weight over many experts (normalised entropy above 0.8):",
       bool((usage_entropy > 0.8).all()))
+
+# %% [markdown]
+# One verdict holds for every training run measured: `python benchmarks/mask_experts.py`
+# (benchmarks/results/mask_experts.md) measures the same "which shape" share (last column) for
+# three seeds of this model, all far below 25%:
+#
+# | model | test mIoU per seed | mean | spread | PQ per seed | % objects claimed once | latents used | MI share, which shape |
+# |---|---|---:|---:|---|---|---|---|
+# | final | 0.929, 0.934, 0.932 | 0.932 | 0.005 |  |  |  | 0.019, 0.143, 0.067 |
+
+# %% tags=["nbval-check-output"]
+print("experts tell the three shapes apart (more than 25% explained):",
+      trained_spec["which shape"] > 0.25)
 
 # %% [markdown]
 # **Plainly: averaged over heads, the experts specialise only weakly, and hardly by shape.**
@@ -785,15 +797,24 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# As checks:
+# As verdicts on the copy shown here:
 
 # %%
-# NBVAL_CHECK_OUTPUT
 print("reading nothing costs more than 0.1 mIoU:", full_miou - no_reading_miou > 0.1)
 print("the mean reading costs less than reading nothing:", mean_reading_miou > no_reading_miou)
-print("the mean reading still costs more than 0.05 mIoU:", full_miou - mean_reading_miou > 0.05)
 print("any single expert keeps the mIoU within 0.03 of all 16:",
       full_miou - min(one_expert_miou) < 0.03)
+
+# %% [markdown]
+# One of them holds for every training run measured: the robustness benchmark (the table of
+# section 2) replaces the reading by its mean over the test set for three seeds of this model, and
+# every seed loses more than 0.05 mIoU; the "mean-ablated" column gives their average. Seed by
+# seed (benchmarks/results/robustness_test.json) the loss ranges from under a tenth to about
+# four tenths of the mIoU: how much a model leans on its attention differs from one training run
+# to the next.
+
+# %% tags=["nbval-check-output"]
+print("the mean reading still costs more than 0.05 mIoU:", full_miou - mean_reading_miou > 0.05)
 
 # %% [markdown]
 # These ablations measure how much **the trained model depends** on its attention, not whether
@@ -916,8 +937,7 @@ for i in worst_miou.tolist():
 # their own module, `latentseg_widgets.py`, which the setup cell installs beside
 # `latentseg_utils.py` in Colab; if it is missing, the cell says so instead of failing.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 from IPython.display import display
 
 try:
@@ -1054,18 +1074,14 @@ check_pure_usage(pure_usage)
 # %% [markdown]
 # ## Final check
 #
-# The claims of this notebook, in one place. The test suite compares these lines on every run.
-# For this model two of them print False: averaged over heads, the experts do not separate
-# background from objects (section 6), and not every single expert can stand in for all 16
-# (section 7).
+# The claims of this notebook that hold for any training run of the model, in one place: the
+# structure of the model and its attention, and the verdicts that the committed multi-seed
+# results (three seeds) confirm on every seed.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("model is LatentSegNet with 16 experts:", type(model).__name__ == "LatentSegNet" and K == 16)
 print("held-out mIoU at least 0.90:", scores["miou"] >= 0.90)
 print("attention shapes [B, heads, K, N] and [B, heads, N, K]:",
       tuple(latent_w.shape) == (B, heads, K, N) and tuple(pixel_w.shape) == (B, heads, N, K))
-print("experts separate background from objects:", trained_spec["object or background"] > 0.25)
 print("experts do not separate the shapes:", trained_spec["which shape"] < 0.25)
-print("the trained model depends on its attention, any one expert suffices:",
-      full_miou - mean_reading_miou > 0.05 and full_miou - min(one_expert_miou) < 0.03)
+print("the trained model depends on its attention:", full_miou - mean_reading_miou > 0.05)

@@ -112,8 +112,7 @@ plt.rcParams["figure.dpi"] = 72   # small committed figures
 # products latent · pixel, `[K, N]`. We normalise them both ways: over the pixels, as our latents
 # do, and over the latents, as Slot Attention's slots do.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 pixels = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 4)         # [N=8, 2]: 0-3 object, 4-7 background
 toy_latents = torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0]])   # [K=3, 2]: A and B alike, C not
 toy_names = ["A", "B", "C"]
@@ -145,8 +144,7 @@ print("object pixel 0, over the latents: " +
 # The difference matters when one latent gets better at something. Make A a little more
 # object-like and see what happens to B:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 nudged = toy_latents.clone()
 nudged[0, 0] = 3.5                                                   # A a little more object-like
 new_over_pixels, new_over_latents = read_weights(nudged, pixels)
@@ -181,8 +179,7 @@ print("over the latents, a change in A moves B:", b_moves_over_latents)
 # none). SciPy's `linear_sum_assignment` finds the assignment, one latent per segment, with the
 # smallest total cost.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 toy_masks = (nudged @ pixels.T - 1.5).sigmoid()                              # [K, N]: each latent's mask
 toy_segments = torch.tensor([[1.0] * 4 + [0.0] * 4, [0.0] * 4 + [1.0] * 4])  # [S=2, N]: object, background
 toy_cost = 1 - 2 * (toy_masks @ toy_segments.T) / (toy_masks.sum(1, keepdim=True)
@@ -309,8 +306,7 @@ class Block(nn.Module):
 # Same parameter names as the module's block, so its weights load into ours; in eval mode the two
 # must give the same output. `matches` collects every check of this section for the final check.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 matches = {}
 torch.manual_seed(0)
 their_block, our_block = u.AttentionBlock(64, 4).eval(), Block(64, 4).eval()
@@ -409,8 +405,7 @@ class MaskModel(nn.Module):
 # (the names are the same, so `load_state_dict` insists that every weight finds its place), both
 # in eval mode, on four images.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 torch.manual_seed(0)
 untrained = u.MaskLatentSegNet().eval()                 # the module's model, untrained
 ours = MaskModel().eval()
@@ -460,8 +455,7 @@ print("competing masks: the probabilities sum to 1 at every pixel:",
 # own id, and one class). We take the shapes test set, the 256 images every notebook scores on,
 # and pick the first test image with three objects in view.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 test_images, test_labels, test_instances = u.make_split("shapes", "test", instances=True)
 print("test set: images", tuple(test_images.shape), " classes", tuple(test_labels.shape),
       " instances", tuple(test_instances.shape))
@@ -559,8 +553,7 @@ print("each segment's own cheapest latent:", greedy.tolist(),
 # %% [markdown]
 # The two checks: the same pairs as the module's matcher, and no assignment cheaper.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("match matches u.match_segments:", matches["match"])
 print("the matching is the cheapest assignment:", matches["optimal"])
 
@@ -687,8 +680,7 @@ print("class targets of image 0's latents (4 = 'no object'):", parts["targets"][
 # `u.train` calls), and the bookkeeping: every image has exactly as many latents with a real
 # class target as it has segments.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 matches["loss"] = torch.allclose(loss, their_loss, atol=1e-5)
 matches["training_loss"] = torch.allclose(total, their_total, atol=1e-5)
 print("every image: as many matched latents as segments:",
@@ -709,8 +701,7 @@ print("training_loss matches u.MaskLatentSegNet.training_loss:", matches["traini
 # share being left out. `forward` returns their logarithm, so that the argmax gives the class map
 # as for any other model of the series.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     scores = semantic_scores(class_logits, mask_logits)
 matches["semantic_scores"] = torch.allclose(scores, u.semantic_scores(class_logits, mask_logits),
@@ -751,8 +742,7 @@ def predict_instances(model, images):
 # Checked against `u.predict_instances` on the same untrained model (whatever it finds, both must
 # find the same):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 instance_map, class_map = predict_instances(untrained, x)
 their_instance_map, their_class_map = u.predict_instances(untrained, x)
 matches["predict_instances"] = (torch.equal(instance_map, their_instance_map)
@@ -769,9 +759,8 @@ print("predict_instances matches u.predict_instances:", matches["predict_instanc
 # where the setup cell installs the modules but not the checkpoint) it trains the model with
 # notebook 05's recipe and saves it for next time.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
-CHECKPOINT = os.path.join("checkpoints", "latentsegnet.pt")   # relative to the notebooks folder
+# %% tags=["nbval-ignore-output"]
+CHECKPOINT = u.checkpoint_path("latentsegnet.pt")   # checkpoints/latentsegnet.pt, next to the notebooks
 
 
 def train_final_model():
@@ -803,8 +792,7 @@ final = final.to(device).eval()
 # %% [markdown]
 # Whichever way it came, it must be the model notebook 05 trained:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("comparison model is u.LatentSegNet() with its defaults, trained 800 steps:",
       type(final) is u.LatentSegNet and final.config == u.LatentSegNet().config
       and final_extra["steps"] == 800)
@@ -817,8 +805,7 @@ print("comparison model is u.LatentSegNet() with its defaults, trained 800 steps
 # section 2.3. `STEPS` is the one setting you may want to change: more steps mean a longer wait,
 # and whether they give better latents is for you to try.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 STEPS = 800
 torch.manual_seed(0)
 mask_model = u.MaskLatentSegNet()
@@ -850,8 +837,7 @@ plt.show()
 # Every number from here on is measured on the test set. We predict the class logits and mask
 # logits of all 256 test images once, in batches, and keep them on the CPU.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 @torch.no_grad()
 def predict_all(model, images, batch_size=64):
     """Class logits [B, K, C + 1] and mask logits [B, K, H, W] of many images, on the CPU."""
@@ -916,11 +902,11 @@ for b in shown:
 # Pictures suggest; counts decide. Two of the module's functions turn the outputs into verdicts:
 #
 # - `u.claims`: latent k **claims** object j when its "no object" probability is below one half
-#   and its thresholded mask (sigmoid above one half) has an IoU of at least one half with the
-#   object. Per object: the latent, or -1 when no latent claims it, -2 when several do. With
-#   competing masks at most one latent is above one half at any pixel, so the thresholded masks
-#   never overlap, and two of them can both reach an IoU of one half with an object only if each
-#   is exactly one half of it, nothing outside. "Several" is what independent sigmoids allow
+#   and its thresholded mask (sigmoid above one half) has an IoU of more than one half with the
+#   object (`u.MATCH_IOU`, the same rule as panoptic quality's matching below). Per object: the
+#   latent, or -1 when no latent claims it, -2 when several do. With competing masks at most one
+#   latent is above one half at any pixel, so the thresholded masks never overlap, and two of them
+#   can never both cover more than half of one object. "Several" is what independent sigmoids allow
 #   (section 1); the counts below show how often it happens here.
 # - `u.mask_owner`: the latent that **owns** each pixel, the one with the largest
 #   P(not "no object") × mask there (MaskFormer's panoptic assignment).
@@ -1171,8 +1157,7 @@ print(f"MI share for which shape: mask head {mask_spec['which shape']:.3f}, "
 # a `False` is a result of this run, not a bug in it, and section 5 shows whether the targets hold
 # over seeds.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("semantic test mIoU at least LatentSegNet()'s minus 0.03:",
       mask_scores["miou"] >= final_scores["miou"] - 0.03)
 print("PQ at least 0.75:", pq["pq"] >= 0.75)
@@ -1277,8 +1262,7 @@ plt.show()
 # probability. It needs a running notebook (Jupyter or Colab); in a static view of this page the
 # cell shows nothing. If the widgets module is missing, the cell says so instead of failing.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 from IPython.display import display
 
 try:
@@ -1475,11 +1459,10 @@ check_without_no_object(scores_without_no_object)
 # %% [markdown]
 # ## Final check
 #
-# The claims of this notebook that must hold whatever the training run gives, in one place. The
-# test suite compares these lines on every run; the verdict of section 4 is compared there.
+# The claims of this notebook that hold whatever the training run gives, in one place (the
+# verdict of section 4 holds on every seed of the benchmark too).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("over the latents, latents compete for a pixel; over the pixels they do not:",
       b_moves_over_latents and not b_moves_over_pixels)
 print("the toy matching leaves the weaker duplicate to 'no object':",

@@ -19,3 +19,18 @@ def text_of(outputs) -> str:
         elif "data" in o and "text/plain" in o["data"]:
             parts.append("".join(o["data"]["text/plain"]))
     return "".join(parts)
+
+
+def tags(cell) -> list:
+    """A cell's tags (nbval reads `nbval-check-output` and `nbval-ignore-output` among them)."""
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def is_checked(cell) -> bool:
+    """Whether nbval compares this cell's output with the committed one."""
+    return "nbval-check-output" in tags(cell)
+
+
+def is_ignored(cell) -> bool:
+    """Whether nbval runs this cell without comparing its output (timings, progress, widgets)."""
+    return "nbval-ignore-output" in tags(cell)

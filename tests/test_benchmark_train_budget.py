@@ -58,7 +58,7 @@ def test_tiny_run_writes_table_markdown_json_and_plot(tmp_path):
         assert curve["seconds"][0] == 0 and curve["steps"][-1] == r["steps"]
         assert curve["miou"][-1] == r["miou"]
         assert len(curve["seconds"]) == len(curve["miou"]) == 2       # start and end
-    assert data["machine"]["load"] is not None
+    assert data["load"] is not None and data["machine"] and data["command"]
 
     png = (tmp_path / "train_budget.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -23,6 +23,7 @@ SETUP_SOURCE = SETUP_CELL.read_text().rstrip("\n") if SETUP_CELL.exists() else N
 # What a release of the repository holds that pip needs to build the package.
 RELEASE_FILES = ("pyproject.toml", "README.md", "LICENSE", "latentseg_utils.py",
                  "latentseg_widgets.py")
+RELEASE_PACKAGES = ("latentseg",)
 
 
 def series_notebooks():
@@ -116,6 +117,8 @@ def local_release(tmp_path):
     release.mkdir()
     for name in RELEASE_FILES:
         shutil.copy(REPO / name, release / name)
+    for name in RELEASE_PACKAGES:
+        shutil.copytree(REPO / name, release / name, ignore=shutil.ignore_patterns("__pycache__"))
     return release
 
 

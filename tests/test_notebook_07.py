@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from notebook_cells import source
+from notebook_cells import is_ignored, source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "07_beyond.ipynb")
@@ -30,10 +30,10 @@ def test_anatomy(committed):
     for c in code:
         for out in c["outputs"]:
             assert out["output_type"] != "error", source(c)[:80]
-            assert out.get("name") != "stderr" or "NBVAL_IGNORE_OUTPUT" in source(c), source(c)[:80]
+            assert out.get("name") != "stderr" or is_ignored(c), source(c)[:80]
             assert out["output_type"] != "execute_result", f"cell ends with an expression: {source(c)[:80]}"
     trains = [c for c in code if re.search(r"^(train_variant|u\.train)\(", source(c), re.M)]
-    assert len(trains) == 3 and all("NBVAL_IGNORE_OUTPUT" in source(c) for c in trains), \
-        "every cell that trains (progress bar) must be marked NBVAL_IGNORE_OUTPUT"
+    assert len(trains) == 3 and all(is_ignored(c) for c in trains), \
+        "every cell that trains (progress bar) must be tagged nbval-ignore-output"
     text = json.dumps(committed)
     assert "/work/" not in text and "/tmp/" not in text, "no machine paths in the notebook"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from notebook_cells import code_cells, source, text_of
+from notebook_cells import code_cells, is_checked, is_ignored, source, text_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "08_mask_experts.ipynb"
@@ -75,8 +75,8 @@ def test_training_and_widgets_ignore_their_output(committed):
     for cell in code_cells(committed):
         src = source(cell)
         if "u.train(" in src or "latent_masks(" in src:
-            assert src.startswith("# NBVAL_IGNORE_OUTPUT"), \
-                f"training and widgets need # NBVAL_IGNORE_OUTPUT:\n{src[:200]}"
+            assert is_ignored(cell), \
+                f"training and widgets need the tag nbval-ignore-output:\n{src[:200]}"
     assert "STEPS = " in "".join(source(c) for c in trains)
 
 
@@ -87,7 +87,7 @@ def test_committed_after_restart_and_run_all(committed):
     for c in code:
         for out in c["outputs"]:
             assert out["output_type"] != "error", source(c)[:80]
-            assert out.get("name") != "stderr" or "NBVAL_IGNORE_OUTPUT" in source(c), source(c)[:80]
+            assert out.get("name") != "stderr" or is_ignored(c), source(c)[:80]
             assert out["output_type"] != "execute_result", f"cell ends with an expression: {source(c)[:80]}"
     figures = [o for c in code for o in c["outputs"] if "image/png" in o.get("data", {})]
     assert len(figures) >= 7, f"expected the notebook's figures, found {len(figures)}"
@@ -95,9 +95,9 @@ def test_committed_after_restart_and_run_all(committed):
 
 
 def test_verdict_and_final_check_are_compared(committed):
-    checked = [c for c in code_cells(committed) if source(c).startswith("# NBVAL_CHECK_OUTPUT")]
+    checked = [c for c in code_cells(committed) if is_checked(c)]
     verdict = [c for c in checked if all(t in source(c) for t in ("PQ at least 0.75", "0.03"))]
-    assert len(verdict) == 1, "section 4's verdict sits in one NBVAL_CHECK_OUTPUT cell"
+    assert len(verdict) == 1, "section 4's verdict sits in one checked cell (tag nbval-check-output)"
     lines = text_of(verdict[0]["outputs"]).splitlines()
     assert len(lines) == 4
     for line, target in zip(lines, TARGETS):

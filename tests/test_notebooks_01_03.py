@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from notebook_cells import code_cells, source, text_of
+from notebook_cells import code_cells, is_checked, is_ignored, source, text_of
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -73,7 +73,7 @@ def test_committed_after_restart_and_run_all(name):
 def test_ends_with_the_check_against_latentseg_utils(name):
     last = code_cells(load(name))[-1]
     text = source(last)
-    assert "# NBVAL_CHECK_OUTPUT" in text and "assert " in text and "u." in text
+    assert is_checked(last) and "assert " in text and "u." in text
     printed = text_of(last["outputs"])
     for line in FINAL_CHECKS[name]:
         assert line in printed, f"{name}: the final check does not print {line!r}"
@@ -84,10 +84,10 @@ def test_ends_with_the_check_against_latentseg_utils(name):
 def test_checked_cells_hold_no_timings(name):
     for cell in code_cells(load(name)):
         text = source(cell)
-        if "NBVAL_CHECK_OUTPUT" in text:
+        if is_checked(cell):
             assert "perf_counter" not in text and "best_time(" not in text, text[:80]
-        if "best_time(" in text and "def best_time" not in text and "NBVAL_IGNORE_OUTPUT" not in text:
-            pytest.fail(f"{name}: a timing cell is not marked NBVAL_IGNORE_OUTPUT: {text[:80]}")
+        if "best_time(" in text and "def best_time" not in text and not is_ignored(cell):
+            pytest.fail(f"{name}: a timing cell is not tagged nbval-ignore-output: {text[:80]}")
 
 
 @pytest.mark.parametrize("name", NAMES)

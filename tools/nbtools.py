@@ -82,3 +82,82 @@ def stated_run_time(nb) -> float:
     amount, unit = match.groups()
     value = float(amount) if amount[0].isdigit() else _NUMBERS[amount]
     return value * (60 if unit.startswith("minute") else 1)
+
+
+# ---------------------------------------------------------------------------
+# The time guard's yardstick: how fast is this machine, compared with the one that measured
+# the notebooks' run times? A fixed PyTorch workload that uses none of the series' code (a
+# slower model in the module must not make the yardstick slower too), timed in a fresh Python
+# process with the environment's thread settings, as a notebook's kernel runs.
+# ---------------------------------------------------------------------------
+REFERENCE_FILE = os.path.join(ROOT, "tools", "reference_times.json")
+REFERENCE_FILE_VARIABLE = "LATENTSEG_REFERENCE_TIMES"   # another file, for the guard's own test
+
+
+def reference_workload() -> None:
+    """Thirty training steps of a small convolution-and-attention network on random 64x64 images,
+    the kind of arithmetic the notebooks do (about a second on a 2-core CPU)."""
+    import torch
+    import torch.nn as nn
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 3, 64, 64, generator=generator)
+    targets = torch.randint(0, 4, (16, 64, 64), generator=generator)
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, padding=1, stride=4), nn.ReLU())
+    attention = nn.MultiheadAttention(64, 4, batch_first=True)
+    latents = nn.Parameter(torch.randn(1, 16, 64))
+    head = nn.Conv2d(64, 4, 1)
+    parameters = [*conv.parameters(), *attention.parameters(), latents, *head.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=1e-3)
+    for _ in range(30):
+        features = conv(images)                                        # [16, 64, 16, 16]
+        tokens = features.flatten(2).transpose(1, 2)                   # [16, 256, 64]
+        read, _ = attention(latents.expand(16, -1, -1), tokens, tokens)
+        written, _ = attention(tokens, read, read)
+        logits = head((tokens + written).transpose(1, 2).reshape(16, 64, 16, 16))
+        logits = nn.functional.interpolate(logits, size=64)
+        loss = nn.functional.cross_entropy(logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def time_reference_workload(repeats: int = 5) -> float:
+    """Median seconds of `reference_workload` in a fresh Python process (one warm-up run first)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--time-workload",
+                             str(repeats)], capture_output=True, text=True, check=True, timeout=600)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def _time_workload_here(repeats: int) -> float:
+    import time
+
+    reference_workload()                   # warm-up: first-call allocations, lazy imports
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        reference_workload()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def read_reference_times() -> dict:
+    """{"workload_seconds": s, "notebooks": {name: seconds}, ...}: what the reference machine
+    measured (tools/execute_notebooks.py --record writes it)."""
+    import json
+
+    path = os.environ.get(REFERENCE_FILE_VARIABLE) or REFERENCE_FILE
+    with open(path) as f:
+        return json.load(f)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--time-workload"]:
+        print(_time_workload_here(int(sys.argv[2])))
