@@ -146,11 +146,10 @@ def check_settings(variant: str, num_latents: int, num_heads: int, latent_dim: i
     Taught in notebook 05, section "7. Try it yourself: the training panel".
     """
     problems = []
-    if num_heads < 1 or latent_dim < 1 or latent_dim % num_heads:
-        fits = [h for h in (1, 2, 3, 4, 8) if latent_dim > 0 and latent_dim % h == 0]
-        problems.append(f"num_heads={num_heads} does not divide latent_dim={latent_dim}: each "
-                        f"head gets latent_dim / num_heads channels. Choose num_heads from "
-                        f"{fits} or change latent_dim.")
+    try:
+        u.check_heads(latent_dim, num_heads)
+    except ValueError as error:
+        problems.append(str(error))
     for name, value in (("num_latents", num_latents), ("steps", steps),
                         ("batch_size", batch_size)):
         if value < 1:
@@ -433,7 +432,7 @@ class ExpertBrowser:
         self.out = widgets.Output()
         self.figure, _ = plt.subplots(1, 4, figsize=(10, 2.9))
         plt.close(self.figure)                  # redrawn in place; never drawn twice
-        u._class_legend(self.figure, self.num_classes)
+        u.class_legend(self.figure, self.num_classes)
         self._laid_out = False
         for w in (self.sample, self.expert, self.head, self.view):
             w.observe(self.redraw, names="value")
@@ -458,9 +457,9 @@ class ExpertBrowser:
         image_ax, truth_ax, pred_ax, view_ax = self.figure.axes[:4]
         for ax in (image_ax, truth_ax, pred_ax, view_ax):
             ax.clear()
-        u._show_image(image_ax, self.images[b])
-        u._show_labels(truth_ax, self.labels[b], self.num_classes)
-        u._show_labels(pred_ax, self.predictions[b], self.num_classes)
+        u.show_image(image_ax, self.images[b])
+        u.show_labels(truth_ax, self.labels[b], self.num_classes)
+        u.show_labels(pred_ax, self.predictions[b], self.num_classes)
         image_ax.set_title(f"sample {b}", fontsize=9)
         truth_ax.set_title("truth", fontsize=9)
         pred_ax.set_title("prediction", fontsize=9)

@@ -102,11 +102,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"argument --feature-dim: must be at least 2, got {args.feature_dim}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"argument --lr: must be a positive finite number such as 3e-3, got {args.lr}")
-    if args.feature_dim % args.num_heads:
-        divisors = [h for h in range(1, args.feature_dim + 1) if args.feature_dim % h == 0][:8]
-        parser.error(f"argument --num-heads: {args.num_heads} does not divide --feature-dim "
-                     f"{args.feature_dim} (each head gets feature_dim / num_heads channels); "
-                     f"try one of {divisors}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"argument --out: {args.out!r} exists and is not a folder")
 
@@ -144,6 +139,7 @@ def device_and_model(parser, args):
     device = u.get_device() if args.device == "auto" else torch.device(args.device)
     torch.manual_seed(args.seed)
     try:
+        u.check_heads(args.feature_dim, args.num_heads)     # the module's check, flags named
         model = u.LatentSegNet(num_latents=args.num_latents, num_heads=args.num_heads,
                                feature_dim=args.feature_dim, rounds=args.rounds,
                                attention=not args.no_attention)

@@ -1,5 +1,5 @@
 """Notebook 05's ablation over seeds: every step of `u.ABLATION_STEPS`, each changing one option
-of `u.LatentSegNet` from the step before, trained with the same recipe and budget.
+of `u.LatentSegNetAblation` from the step before, trained with the same recipe and budget.
 
     python benchmarks/ablation.py                 # 3 seeds, 300 steps (notebook 05's budget)
     python benchmarks/ablation.py --threads 1 --rows 0 1 2 4 --out /tmp/a   # part of it

@@ -37,17 +37,17 @@ MODELS = {
     "unet": (lambda: SmallUNet(), "SmallUNet() of latentseg/baselines.py"),
     "tutorial": (lambda: u.SegmentationModel(num_classes=4), "u.SegmentationModel(num_classes=4)"),
     "pixel-1x1": (lambda: u.PixelClassifier(), "u.PixelClassifier()"),
-    # The candidates the validation grid compared (each one option of LatentSegNet, named by
+    # The candidates the validation grid compared (options of LatentSegNetAblation, named by
     # what differs from today's final model):
-    "attached": (lambda: u.LatentSegNet(detach_attention=False, colour_tokens=False),
-                 "u.LatentSegNet(detach_attention=False, colour_tokens=False): the final model "
+    "attached": (lambda: u.LatentSegNetAblation(detach_attention=False, colour_tokens=False),
+                 "u.LatentSegNetAblation(detach_attention=False, colour_tokens=False): the final model "
                  "before this grid"),
-    "attached-scale0": (lambda: u.LatentSegNet(detach_attention=False, colour_tokens=False,
-                                               attention_scale=0.0),
-                        "u.LatentSegNet(detach_attention=False, colour_tokens=False, "
+    "attached-scale0": (lambda: u.LatentSegNetAblation(detach_attention=False, colour_tokens=False,
+                                                       attention_scale=0.0),
+                        "u.LatentSegNetAblation(detach_attention=False, colour_tokens=False, "
                         "attention_scale=0.0)"),
-    "no-colour": (lambda: u.LatentSegNet(colour_tokens=False),
-                  "u.LatentSegNet(colour_tokens=False)"),
+    "no-colour": (lambda: u.LatentSegNetAblation(colour_tokens=False),
+                  "u.LatentSegNetAblation(colour_tokens=False)"),
 }
 SHAPES_ONLY = ("tutorial", "pixel-1x1")
 DEFAULT_MODELS = ("final", "twin", "unet", "tutorial", "pixel-1x1")
@@ -59,7 +59,7 @@ COLORS = {"final": "#0072B2", "twin": "#56B4E9", "unet": "#D55E00", "tutorial": 
 def attention_measures(model, images, labels) -> dict:
     """mIoU with every write block's attention output replaced by its mean over the
     evaluation set (per token position), and the learned attention scales' mean |value|."""
-    if not getattr(model, "use_attention", False):
+    if not getattr(model, "config", {}).get("attention", False):
         return {}
     layers = [block.attention for block in model.writes]
     sums, count = [None] * len(layers), [0]

@@ -5,7 +5,7 @@ One run, same data stream, same machine, same seed, for:
   tutorial            u.SegmentationModel(num_classes=4), the tutorial's model as published
   final               u.LatentSegNet(), the series' final model (notebook 05)
   final-no-attention  u.LatentSegNet(attention=False), the same model, every attention layer removed
-  step1               u.LatentSegNet(encoder_depth=1, positions=False, refine=False, local_loss=0,
+  step1               u.LatentSegNetAblation(encoder_depth=1, positions=False, refine=False, local_loss=0,
                       detach_attention=False, colour_tokens=False), notebook 05's ablation step 1g (every
                       option of step 1 on; positions, refinement, local loss and steps 5-7 off)
   pixel-1x1           u.PixelClassifier(), each pixel classified from its own colour (1x1 convs)
@@ -90,8 +90,8 @@ MODELS = {
     "final-no-attention": (lambda: u.LatentSegNet(attention=False),
                            "u.LatentSegNet(attention=False)",
                            "the final model with every attention layer removed"),
-    "step1": (lambda: u.LatentSegNet(**STEP1),
-              "u.LatentSegNet(encoder_depth=1, positions=False, refine=False, local_loss=0, "
+    "step1": (lambda: u.LatentSegNetAblation(**STEP1),
+              "u.LatentSegNetAblation(encoder_depth=1, positions=False, refine=False, local_loss=0, "
               "detach_attention=False, colour_tokens=False)",
               "notebook 05's ablation step 1g: every option of step 1 on; positions, refinement, "
               "local loss and steps 5-7 off"),

@@ -1,10 +1,34 @@
-"""Baselines the benchmarks train beside the series' models: `SmallUNet`, the UNet a
+"""latentseg.baselines: the models the series' models are measured against.
+`PixelClassifier` (notebook 04: each pixel from its own colour alone) and `SmallUNet`, the UNet a
 practitioner would reach for (benchmarks/train_budget.py and benchmarks/robustness.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from latentseg.checks import check_images
+
+__all__ = ["PixelClassifier", "SmallUNet", "double_conv"]
+
+
+class PixelClassifier(nn.Module):
+    """The per-pixel baseline: a 1x1 convolution, so each pixel is classified from its
+    own colour alone. [B, in_channels, H, W] -> [B, num_classes, H, W]
+
+    Taught in notebook 04, section "3. The data needs spatial context".
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, hidden: int = 32):
+        super().__init__()
+        self.config = dict(in_channels=in_channels, num_classes=num_classes, hidden=hidden)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.net = nn.Sequential(nn.Conv2d(in_channels, hidden, 1), nn.ReLU(),
+                                 nn.Conv2d(hidden, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.in_channels)
+        return self.net(x)
 
 
 def double_conv(c_in: int, c_out: int) -> nn.Sequential:

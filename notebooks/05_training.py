@@ -23,7 +23,7 @@
 # that reaches over 0.90 held-out mIoU, one measured step at a time, and you will know when its
 # latent attention earns its place and when it does not.
 #
-# **Run time:** eighteen trainings, about seven minutes on the CPU this copy was run on (the
+# **Run time:** eighteen trainings, about six minutes on the CPU this copy was run on (the
 # tables' `seconds` column shows what each training took). On a GPU each training is far faster,
 # but the notebook then also reruns its two multi-seed grids itself (63 more trainings, sections
 # 4 and 6); how long that takes has not been measured yet.
@@ -33,7 +33,7 @@
 # 2. Four measurements of its design: what its attention looks like, the missing route around
 #    the attention, tokens that do not know where they are, and what a ×4 upsample costs; and
 #    which of them the ablation finds to matter.
-# 3. The fixes, each a named option of `u.LatentSegNet` switched on one at a time (steps 1a-1g,
+# 3. The fixes, each a named option of `u.LatentSegNetAblation` switched on one at a time (steps 1a-1g,
 #    then 2-7), each measured in one ablation table, once here and over three seeds.
 # 4. Why adding attention to a network can make it *worse*, and two remedies tried: a local loss,
 #    and an attention that reads the encoder without teaching it (only the second holds up
@@ -271,14 +271,16 @@ print(f"best mIoU a stride-4 prediction + x4 bilinear upsample can reach: {ceili
 #
 # ## 4. The fixes, one at a time
 #
-# Every step below is an option of `u.LatentSegNet`, so the tutorial's model stays untouched in
-# `u.SegmentationModel` and each change is visible by name. Each step switches on exactly one
+# Every step below is an option of `u.LatentSegNetAblation` (the fields of `u.AblationOptions`),
+# so the tutorial's model stays untouched in `u.SegmentationModel` and each change is visible by
+# name. The end of this section writes the final model out without the switches: that is
+# `u.LatentSegNet`. Each step switches on exactly one
 # option and trains the same `ABLATION_STEPS`.
 #
 # ### Step 1a: the tutorial's design, in `LatentSegNet`'s parts
 #
 # To change one thing at a time we first need the tutorial's design in a model that has the
-# switches. With the options of steps 1b-1g off, `u.LatentSegNet` is that design: the tutorial's
+# switches. With the options of steps 1b-1g off, `u.LatentSegNetAblation` is that design: the tutorial's
 # encoder (a 3×3 convolution to 32 channels, a pool, a 3×3 convolution to 64 channels, a pool, no
 # BatchNorm), latents that read the pixels with plain attention, pixels that read the latents with
 # plain attention whose output *replaces* the pixel's feature, a 1×1 classifier and a ×4 upsample.
@@ -293,7 +295,7 @@ print(f"best mIoU a stride-4 prediction + x4 bilinear upsample can reach: {ceili
 step1a = dict(encoder_depth=1, positions=False, refine=False, local_loss=0,
               detach_attention=False, colour_tokens=False,
               residual=False, layer_norm=False, mlp=False, batchnorm=False, stem=False, fuse=False)
-_ = run("1a the tutorial's design, LatentSegNet parts", lambda: u.LatentSegNet(**step1a),
+_ = run("1a the tutorial's design, LatentSegNet parts", lambda: u.LatentSegNetAblation(**step1a),
         ABLATION_STEPS)
 
 # %% [markdown]
@@ -364,15 +366,15 @@ for name, switches in block_steps.items():
 
 # %% tags=["nbval-ignore-output"]
 step1b = dict(step1a, residual=True)
-_ = run("1b + residual", lambda: u.LatentSegNet(**step1b), ABLATION_STEPS)
+_ = run("1b + residual", lambda: u.LatentSegNetAblation(**step1b), ABLATION_STEPS)
 
 # %% tags=["nbval-ignore-output"]
 step1c = dict(step1b, layer_norm=True)
-_ = run("1c + LayerNorm", lambda: u.LatentSegNet(**step1c), ABLATION_STEPS)
+_ = run("1c + LayerNorm", lambda: u.LatentSegNetAblation(**step1c), ABLATION_STEPS)
 
 # %% tags=["nbval-ignore-output"]
 step1d = dict(step1c, mlp=True)
-_ = run("1d + MLP", lambda: u.LatentSegNet(**step1d), ABLATION_STEPS)
+_ = run("1d + MLP", lambda: u.LatentSegNetAblation(**step1d), ABLATION_STEPS)
 
 # %%
 show_table(table[-4:])
@@ -393,7 +395,7 @@ show_table(table[-4:])
 
 # %% tags=["nbval-ignore-output"]
 step1e = dict(step1d, batchnorm=True)
-_ = run("1e + BatchNorm", lambda: u.LatentSegNet(**step1e), ABLATION_STEPS)
+_ = run("1e + BatchNorm", lambda: u.LatentSegNetAblation(**step1e), ABLATION_STEPS)
 
 # %% [markdown]
 # When a gain appears only after several changes, ask whether it needed them. Does BatchNorm need
@@ -402,7 +404,7 @@ _ = run("1e + BatchNorm", lambda: u.LatentSegNet(**step1e), ABLATION_STEPS)
 
 # %% tags=["nbval-ignore-output"]
 step1e_alone = dict(step1a, batchnorm=True)
-_ = run("1e' BatchNorm alone: 1a + BatchNorm", lambda: u.LatentSegNet(**step1e_alone),
+_ = run("1e' BatchNorm alone: 1a + BatchNorm", lambda: u.LatentSegNetAblation(**step1e_alone),
         ABLATION_STEPS)
 
 # %%
@@ -428,7 +430,7 @@ show_table(table[-2:])
 
 # %% tags=["nbval-ignore-output"]
 step1f = dict(step1e, stem=True)
-_ = run("1f + full-resolution stem", lambda: u.LatentSegNet(**step1f), ABLATION_STEPS)
+_ = run("1f + full-resolution stem", lambda: u.LatentSegNetAblation(**step1f), ABLATION_STEPS)
 
 # %% [markdown]
 # ### Step 1g: the encoder's features beside the attention
@@ -440,7 +442,7 @@ _ = run("1f + full-resolution stem", lambda: u.LatentSegNet(**step1f), ABLATION_
 
 # %% tags=["nbval-ignore-output"]
 step1g = dict(step1f, fuse=True)
-_ = run("1g + encoder features beside the attention", lambda: u.LatentSegNet(**step1g),
+_ = run("1g + encoder features beside the attention", lambda: u.LatentSegNetAblation(**step1g),
         ABLATION_STEPS)
 
 # %% [markdown]
@@ -477,7 +479,7 @@ plt.show()
 
 # %% tags=["nbval-ignore-output"]
 step2 = dict(step1g, positions=True)
-_ = run("2  + positions", lambda: u.LatentSegNet(**step2), ABLATION_STEPS)
+_ = run("2  + positions", lambda: u.LatentSegNetAblation(**step2), ABLATION_STEPS)
 
 # %% [markdown]
 # ### Step 3: a full-resolution refinement path
@@ -489,7 +491,7 @@ _ = run("2  + positions", lambda: u.LatentSegNet(**step2), ABLATION_STEPS)
 # %% tags=["nbval-ignore-output"]
 step3 = dict(step2, refine=True)
 step3_model, _, step3_scores = run("3  + full-resolution refinement",
-                                   lambda: u.LatentSegNet(**step3), ABLATION_STEPS)
+                                   lambda: u.LatentSegNetAblation(**step3), ABLATION_STEPS)
 
 # %% [markdown]
 # ### Is the attention helping yet?
@@ -500,7 +502,7 @@ step3_model, _, step3_scores = run("3  + full-resolution refinement",
 
 # %% tags=["nbval-ignore-output"]
 step3_plain, _, step3_plain_scores = run("3' step 3 without attention",
-                                         lambda: u.LatentSegNet(**step3, attention=False),
+                                         lambda: u.LatentSegNetAblation(**step3, attention=False),
                                          ABLATION_STEPS)
 
 # %%
@@ -565,7 +567,7 @@ plt.show()
 
 # %% tags=["nbval-ignore-output"]
 step4 = dict(step3, local_loss=0.5)
-_ = run("4  + local loss on the encoder", lambda: u.LatentSegNet(**step4), ABLATION_STEPS)
+_ = run("4  + local loss on the encoder", lambda: u.LatentSegNetAblation(**step4), ABLATION_STEPS)
 
 
 # %% [markdown]
@@ -579,7 +581,7 @@ _ = run("4  + local loss on the encoder", lambda: u.LatentSegNet(**step4), ABLAT
 
 # %% tags=["nbval-check-output"]
 def receptive_field(model):
-    """Width of the input window one encoder cell of a LatentSegNet sees."""
+    """Width of the input window one encoder cell of a LatentSegNetAblation sees."""
     window, jump = 1, 1
     for layer in [*model.stem.modules(), *model.down.modules()]:
         if isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
@@ -588,14 +590,15 @@ def receptive_field(model):
     return window
 
 for label, depth in (("steps 1f-4 (encoder_depth=1)", 1), ("step 5     (encoder_depth=2)", 2)):
-    window = receptive_field(u.LatentSegNet(encoder_depth=depth))
+    window = receptive_field(u.LatentSegNetAblation(encoder_depth=depth))
     print(f"{label}: one encoder cell sees {window}x{window} pixels")
 
 # %% [markdown]
 # While step 5 trains we also measure the hypothesis of "Why attention can make a network
 # worse". Every 25 steps, on a fixed batch it never trains on, we take the gradient of the loss
 # with respect to the encoder's weights twice: as it is, and with the attention's path into the
-# encoder cut (the switch of step 6, turned on for the measurement only). The difference is the
+# encoder cut (the switch of step 6, on in a twin of the model that is given the model's weights
+# at each probe, so the model's own `config` stays true). The difference is the
 # part of the encoder's gradient that comes *through the attention*; the second is the part
 # that comes through the pixel path. We record both sizes and the cosine between them
 # (negative: the attention pulls the convolutions against what the pixel path asks).
@@ -604,25 +607,25 @@ for label, depth in (("steps 1f-4 (encoder_depth=1)", 1), ("step 5     (encoder_
 probe_images, probe_labels = u.make_shapes_batch(16, seed=99)     # fixed, never trained on
 encoder_gradients = {"step": [], "pixel path": [], "through attention": [], "cosine": []}
 
-def encoder_gradient(model, cut):
-    """The encoder's gradient on the probe batch, with the attention's path cut or not."""
-    model.detach_attention = cut
-    for block in model.writes:
-        block.detach_query = cut
+def encoder_gradient(model):
+    """The encoder's gradient on the probe batch."""
     model.zero_grad()
     model.training_loss(probe_images.to(device), probe_labels.to(device)).backward()
     encoder = [*model.stem.parameters(), *model.down.parameters()]
     return torch.cat([p.grad.flatten() for p in encoder])
 
 def watch_encoder_gradients(model):
+    # The cut: a twin of the model with step 6's switch on (built with the random state kept,
+    # so the training draws what it would draw without it), given the model's weights at each probe.
+    with torch.random.fork_rng(devices=[]):
+        cut = u.LatentSegNetAblation(**dict(model.config, detach_attention=True))
     def callback(step, history):
         if step % 25 and step != 1:
             return
         model.eval()                      # BatchNorm: use, and do not update, its statistics
-        whole, pixel = encoder_gradient(model, False), encoder_gradient(model, True)
-        model.detach_attention = False    # back to the model's own setting: no cut
-        for block in model.writes:
-            block.detach_query = False
+        cut.load_state_dict(model.state_dict())
+        cut.to(device).eval()
+        whole, pixel = encoder_gradient(model), encoder_gradient(cut)
         through_attention = whole - pixel
         model.zero_grad()
         model.train()
@@ -634,7 +637,7 @@ def watch_encoder_gradients(model):
 
 # %% tags=["nbval-ignore-output"]
 step5 = dict(step4, encoder_depth=2)
-_ = run("5  + deeper encoder", lambda: u.LatentSegNet(**step5), ABLATION_STEPS,
+_ = run("5  + deeper encoder", lambda: u.LatentSegNetAblation(**step5), ABLATION_STEPS,
         watch=watch_encoder_gradients)
 
 # %%
@@ -675,7 +678,7 @@ print(f"cosine between them: first {encoder_gradients['cosine'][0]:+.2f}, "
 # the values are the same, but no gradient flows from the attention back into the convolutions,
 # which now learn only through the pixel path and the local loss. The attention's own weights
 # still learn. Its result is in the full table (one seed) and in the two multi-seed tables (the
-# end of this section, and section 6). One line of `LatentSegNet._run` does it:
+# end of this section, and section 6). One line of `LatentSegNetAblation._run` does it:
 #
 # ```python
 # context = tokens.detach() if self.detach_attention else tokens
@@ -683,7 +686,7 @@ print(f"cosine between them: first {encoder_gradients['cosine'][0]:+.2f}, "
 
 # %% tags=["nbval-ignore-output"]
 step6 = dict(step5, detach_attention=True)
-_ = run("6  + attention reads without teaching", lambda: u.LatentSegNet(**step6), ABLATION_STEPS)
+_ = run("6  + attention reads without teaching", lambda: u.LatentSegNetAblation(**step6), ABLATION_STEPS)
 
 # %% [markdown]
 # ### Step 7: the latents also read each block's colour
@@ -694,18 +697,19 @@ _ = run("6  + attention reads without teaching", lambda: u.LatentSegNet(**step6)
 # latents get a second thing to read: each 4×4 block's mean input colour, through a learned linear
 # map, added to what they read (`colour_tokens=True`). The attention reads what the image shows,
 # not only what the convolutions chose to keep, as Perceiver IO's latents read the raw input. This
-# is `u.LatentSegNet()` with its defaults: the series' final model.
+# is `u.AblationOptions()` with its defaults: the series' final model, `u.LatentSegNet()`.
 
 # %% tags=["nbval-ignore-output"]
 step7 = dict(step6, colour_tokens=True)
-_ = run("7  + latents read block colours", lambda: u.LatentSegNet(**step7), ABLATION_STEPS)
+_ = run("7  + latents read block colours", lambda: u.LatentSegNetAblation(**step7), ABLATION_STEPS)
 
 # %% tags=["nbval-check-output"]
 print("step 7 is u.LatentSegNet() with its defaults:",
-      u.LatentSegNet(**step7).config == u.LatentSegNet().config)
+      u.LatentSegNetAblation(**step7).options == u.AblationOptions())
 print("steps 1a-7 are the module's u.ABLATION_STEPS (benchmarks/ablation.py trains them over seeds):",
-      [step1a, step1b, step1c, step1d, step1e, step1f, step1g, step2, step3, step4, step5, step6,
-       step7] == list(u.ABLATION_STEPS.values()))
+      [u.AblationOptions(**step) for step in (step1a, step1b, step1c, step1d, step1e, step1f, step1g,
+                                               step2, step3, step4, step5, step6, step7)]
+      == list(u.ABLATION_STEPS.values()))
 
 # %% [markdown]
 # ### The final model, written out
@@ -713,6 +717,8 @@ print("steps 1a-7 are the module's u.ABLATION_STEPS (benchmarks/ablation.py trai
 # Every step is now a few lines of code. Here they are assembled into one model, from the parts
 # written above (`ResidualBlock`, `positions`) and the ones that fit in a line (the stem, the
 # refinement path, the local loss, the cut and the colours). Each line is marked with its step.
+# The module's `u.LatentSegNet` is written the same way, without switches (its options are its
+# sizes, `rounds`, `local_loss` and `attention`); the switches stay in `u.LatentSegNetAblation`.
 
 # %%
 def conv_bn_relu(c_in, c_out):                                                 # 1e: BatchNorm
@@ -1095,7 +1101,7 @@ panel
 #   boundaries. None of them turned out to be what holds it on the floor: the residual that
 #   answers the first makes no measurable difference over three seeds, and BatchNorm, which none
 #   of them points to, is what first lifts it.
-# - Rewritten with `u.LatentSegNet`'s parts (step 1a), the tutorial's design stalls exactly where
+# - Rewritten with `u.LatentSegNetAblation`'s parts (step 1a), the tutorial's design stalls exactly where
 #   the tutorial's model does. The residual, LayerNorm and MLP of the transformer block,
 #   BatchNorm, a full-resolution stem, the fuse, positions, a full-resolution refinement path, a local loss on the encoder, a deeper
 #   encoder, an attention that reads the encoder without teaching it, and latents that also read
@@ -1122,20 +1128,20 @@ panel
 #
 # Step 1g adds a route around the attention (`fuse`) after step 1b already added one (the
 # residual). Design the ablation row that asks whether the fuse alone would do: a configuration
-# of `u.LatentSegNet` that is step 1g with exactly one option changed, so that it has the fuse but
+# of `u.LatentSegNetAblation` that is step 1g with exactly one option changed, so that it has the fuse but
 # not the residual. `check_exercise_1(config)` checks that it differs from step 1g in exactly
 # that one option and that it builds. (Training it with `run` takes a few seconds per hundred
 # steps; compare it with row 1g, the one row it differs from in a single option.)
 
 # %%
 def check_exercise_1(config):
-    """Exercise 1: pass your configuration (a dict of LatentSegNet options)."""
+    """Exercise 1: pass your configuration (a dict of LatentSegNetAblation options)."""
     changed = {k for k in set(config) | set(step1g) if config.get(k) != step1g.get(k)}
     if changed != {"residual"}:
         print("not yet: it should differ from step1g in `residual` alone; it differs in",
               sorted(changed) or "nothing")
         return False
-    model = u.LatentSegNet(**config)
+    model = u.LatentSegNetAblation(**config)
     print(f"correct: the fuse without the residual builds ({u.count_parameters(model):,} parameters)")
     return True
 

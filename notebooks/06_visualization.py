@@ -23,7 +23,7 @@
 # attention in both directions (what each expert reads, which expert each pixel reads), measure
 # whether the "experts" specialise, and find and explain its worst failures.
 #
-# **Run time:** about 30 seconds on a quiet 2-core CPU when the trained model's checkpoint is present
+# **Run time:** about 15 seconds on a quiet 2-core CPU when the trained model's checkpoint is present
 # (`notebooks/checkpoints/latentsegnet.pt`, written by notebook 05). Without it the notebook first
 # trains the model itself, which adds about a minute (longer on a busy machine).
 #

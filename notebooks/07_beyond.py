@@ -728,8 +728,8 @@ class WidthBlock(nn.Module):
 # model's width it changes nothing. Otherwise it swaps the latents and the read and write blocks
 # for `WidthBlock`s. Everything else is inherited: encoder, positions, the colour tokens, local
 # loss, refinement and `forward`, which also detaches the tokens the latents read. The write blocks
-# get the model's `detach_attention` as their `detach_query`, so with the final model's defaults
-# the attention sends no gradient into the convolutions here either.
+# detach their queries (`detach_query=True`), as `u.LatentSegNet`'s do, so the attention sends no
+# gradient into the convolutions here either.
 
 # %%
 class FineGrainedLatentSegNet(u.LatentSegNet):
@@ -744,7 +744,7 @@ class FineGrainedLatentSegNet(u.LatentSegNet):
             self.reads = nn.ModuleList(WidthBlock(latent_width, D, latent_width, num_heads)
                                        for _ in range(rounds))
             self.writes = nn.ModuleList(WidthBlock(D, latent_width, latent_width, num_heads,
-                                                   detach_query=self.detach_attention)
+                                                   detach_query=True)
                                         for _ in range(rounds))
 
 

@@ -1,6 +1,7 @@
 """benchmarks/ablation.py and u.ABLATION_STEPS: every step changes exactly one option of
-LatentSegNet from the step before and ends at LatentSegNet()'s defaults; a smoke run writes
+LatentSegNetAblation from the step before and ends at the final model's options; a smoke run writes
 its results; the committed results hold at least 3 seeds per row."""
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -25,15 +26,15 @@ def load_script():
 def test_step_1a_turns_off_every_option_of_the_final_model_that_step_1_used_to_bundle():
     first = next(iter(u.ABLATION_STEPS.values()))
     for option in ("residual", "layer_norm", "mlp", "batchnorm", "stem", "fuse"):
-        assert first[option] is False and u.LatentSegNet().config[option] is True
+        assert getattr(first, option) is False and getattr(u.AblationOptions(), option) is True
 
 
 def test_each_step_changes_one_option_and_the_last_is_the_final_model():
-    configs = list(u.ABLATION_STEPS.values())
+    configs = [dataclasses.asdict(o) for o in u.ABLATION_STEPS.values()]
     for before, after in zip(configs, configs[1:]):
         changed = {k for k in after if after[k] != before.get(k)}
         assert len(changed) == 1, changed
-    assert u.LatentSegNet(**configs[-1]).config == u.LatentSegNet().config
+    assert list(u.ABLATION_STEPS.values())[-1] == u.AblationOptions()   # the final model
 
 
 def test_every_row_is_compared_with_a_row_that_differs_by_one_thing():

@@ -103,6 +103,8 @@ def lab(tmp_path, request):
     (root / "notebooks").mkdir(parents=True)
     for name in ("latentseg_utils.py", "latentseg_widgets.py"):
         shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "latentseg", root / "latentseg",      # the package behind the module
+                    ignore=shutil.ignore_patterns("__pycache__"))
     nbformat.write(panel_notebook(NOTEBOOK), root / "notebooks" / "panel.ipynb")
 
     port, token = _free_port(), secrets.token_hex(16)

@@ -22,8 +22,7 @@ SETUP_CELL = REPO / "notebooks" / ".setup_cell.txt"
 SETUP_SOURCE = SETUP_CELL.read_text().rstrip("\n") if SETUP_CELL.exists() else None
 # What a release of the repository holds that pip needs to build the package.
 RELEASE_FILES = ("pyproject.toml", "README.md", "LICENSE", "latentseg_utils.py",
-                 "latentseg_widgets.py")
-RELEASE_PACKAGES = ("latentseg",)
+                 "latentseg_widgets.py", "latentseg")     # latentseg: the package, a folder
 
 
 def series_notebooks():
@@ -116,9 +115,11 @@ def local_release(tmp_path):
     release = tmp_path / "release"
     release.mkdir()
     for name in RELEASE_FILES:
-        shutil.copy(REPO / name, release / name)
-    for name in RELEASE_PACKAGES:
-        shutil.copytree(REPO / name, release / name, ignore=shutil.ignore_patterns("__pycache__"))
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, release / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, release / name)
     return release
 
 
@@ -169,7 +170,8 @@ def test_first_notebook_runs_alone_in_a_standin_colab(colab, local_release, monk
         stream_text(cells[0]), cells[0].outputs
     # pip was asked once, for the series' package without its dependencies (never torch).
     assert pip_calls(log) == [f"pip install -q --no-deps {local_release}"], pip_calls(log)
-    for name in ("latentseg_utils.py", "latentseg_widgets.py"):
+    for name in ("latentseg_utils.py", "latentseg_widgets.py",
+                 *(f"latentseg/{p.name}" for p in (REPO / "latentseg").glob("*.py"))):
         assert (site / name).read_bytes() == (REPO / name).read_bytes(), name
     # It ran to the end, on the installed module.
     assert all(c.execution_count for c in cells), source.name

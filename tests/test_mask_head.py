@@ -170,3 +170,54 @@ def test_competing_latents_share_each_pixel_and_the_class_reads_the_mask():
         assert torch.allclose(model.predict_masks(x)[0], free_classes, atol=1e-5)
     model.train().training_loss(x, y, instances).backward()
     assert model.pool_proj.weight.grad.abs().sum() > 0
+
+
+# ---- Mask2Former's panoptic inference -------------------------------------------------------
+
+def _toy_outputs():
+    """One 8x8 image, 4 latents over 4 classes (+ no object): 0 background (left half),
+    1 a confident circle (top right), 2 a weaker circle that wants the same pixels plus two
+    more, 3 a square whose class is 'no object'."""
+    class_logits = torch.full((1, 4, 5), -10.0)
+    class_logits[0, 0, 0] = 10.0          # background, score ~1
+    class_logits[0, 1, 1] = 10.0          # circle, score ~1
+    class_logits[0, 2, 1] = 0.0           # circle, score ~ e^0 / (e^0 + 4 e^-10): under 1
+    class_logits[0, 2, 4] = 0.5           # ... and no object more likely: dropped by argmax
+    class_logits[0, 3, 4] = 10.0          # no object
+    masks = torch.full((1, 4, 8, 8), -10.0)
+    masks[0, 0, :, :4] = 10.0
+    masks[0, 1, :4, 4:] = 10.0
+    masks[0, 2, :5, 4:] = 10.0
+    masks[0, 3, 4:, 4:] = 10.0
+    return class_logits, masks
+
+
+def test_panoptic_inference_keeps_confident_objects_and_drops_the_rest():
+    class_logits, masks = _toy_outputs()
+    instances, classes = u.panoptic_inference(class_logits, masks, score_threshold=0.5,
+                                              overlap_threshold=0.8, min_area=0)
+    assert instances.shape == classes.shape == (1, 8, 8)
+    assert set(instances.unique().tolist()) == {0, 1}          # one object; background is stuff
+    assert bool((instances[0, :4, 4:] == 1).all()) and bool((classes[0, :4, 4:] == 1).all())
+    assert int((instances > 0).sum()) == 16
+    # a minimum area above the object's 16 pixels drops it
+    instances, _ = u.panoptic_inference(class_logits, masks, 0.5, 0.8, min_area=17)
+    assert int(instances.max()) == 0
+
+
+def test_panoptic_inference_overlap_threshold_drops_a_segment_that_lost_its_mask():
+    class_logits, masks = _toy_outputs()
+    class_logits[0, 2, 4] = -10.0                              # latent 2 now a circle too
+    class_logits[0, 2, 1] = 5.0                                # but less sure than latent 1
+    kept, _ = u.panoptic_inference(class_logits, masks, 0.5, overlap_threshold=0.0, min_area=0)
+    strict, _ = u.panoptic_inference(class_logits, masks, 0.5, overlap_threshold=0.8, min_area=0)
+    assert int(kept.max()) == 2      # latent 2 keeps the 4 pixels latent 1 does not cover
+    assert int(strict.max()) == 1    # 4 of its 20 pixels: under 0.8 of its mask, dropped
+
+
+def test_panoptic_inference_rejects_bad_input():
+    class_logits, masks = _toy_outputs()
+    with pytest.raises(ValueError, match="predict_masks"):
+        u.panoptic_inference(class_logits[0], masks)
+    with pytest.raises(ValueError, match="score_threshold"):
+        u.panoptic_inference(class_logits, masks, score_threshold=1.5)

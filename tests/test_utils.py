@@ -52,12 +52,12 @@ def test_expert_segmentation_shapes_and_weights():
 @pytest.mark.parametrize("make", [
     lambda: u.SegmentationModel(num_classes=4),
     lambda: u.LatentSegNet(),
-    lambda: u.LatentSegNet(encoder_depth=1, positions=False, refine=False, local_loss=0,
-                           detach_attention=False, colour_tokens=False),
+    lambda: u.LatentSegNetAblation(encoder_depth=1, positions=False, refine=False, local_loss=0,
+                                   detach_attention=False, colour_tokens=False),
     lambda: u.LatentSegNet(rounds=2),
     lambda: u.LatentSegNet(attention=False),
     lambda: u.PixelClassifier(),
-    *(lambda c=c: u.LatentSegNet(**c) for c in u.ABLATION_STEPS.values()),
+    *(lambda c=c: u.LatentSegNetAblation(c) for c in u.ABLATION_STEPS.values()),
 ])
 def test_models_output_shape_and_gradients_reach_every_parameter(make):
     torch.manual_seed(0)
@@ -125,9 +125,10 @@ def test_heads_that_do_not_divide_the_width_are_refused(build):
     (lambda: u.LatentSegNet(num_classes=1), "num_classes"),
     (lambda: u.LatentSegNet(rounds=0), "rounds"),
     (lambda: u.LatentSegNet(num_latents=0), "num_latents"),
-    (lambda: u.LatentSegNet(encoder_depth=0), "encoder_depth"),
+    (lambda: u.LatentSegNetAblation(encoder_depth=0), "encoder_depth"),
+    (lambda: u.LatentSegNetAblation(local_loss=-1), "local_loss"),
     (lambda: u.LatentSegNet(local_loss=-1), "local_loss"),
-    (lambda: u.LatentSegNet(stem=False), "stem"),
+    (lambda: u.LatentSegNetAblation(stem=False), "stem"),
 ])
 def test_impossible_settings_are_refused(build, word):
     with pytest.raises(ValueError, match=word):
@@ -531,9 +532,9 @@ def test_run_seeds_gives_one_row_per_model_and_variant_with_the_same_recipe():
 
 def test_attention_scale_and_detach_attention_options():
     torch.manual_seed(0)
-    gated = u.LatentSegNet(attention_scale=0.0)
+    gated = u.LatentSegNetAblation(attention_scale=0.0)
     torch.manual_seed(0)
-    plain = u.LatentSegNet()
+    plain = u.LatentSegNetAblation()
     x, y = small_batch(2, 32)
     scales = [b.attention_scale for b in gated.writes]
     assert all(float(s.detach().abs().max()) == 0.0 for s in scales)
@@ -541,9 +542,9 @@ def test_attention_scale_and_detach_attention_options():
     assert all(s.grad is not None and float(s.grad.abs().sum()) > 0 for s in scales)
     # detach_attention: no gradient reaches the encoder through the attention
     torch.manual_seed(0)
-    detached = u.LatentSegNet(detach_attention=True, local_loss=0)
+    detached = u.LatentSegNetAblation(detach_attention=True, local_loss=0)
     torch.manual_seed(0)
-    attached = u.LatentSegNet(detach_attention=False, local_loss=0)
+    attached = u.LatentSegNetAblation(detach_attention=False, local_loss=0)
     detached.load_state_dict(attached.state_dict())
     detached.eval(), attached.eval()
     assert torch.allclose(detached(x), attached(x))          # same forward pass
@@ -562,9 +563,9 @@ def test_colour_tokens_let_the_latents_read_the_input_colours():
     learned map of its own, so the attention sees colours the encoder may have dropped."""
     x, _ = small_batch(2, 32)
     torch.manual_seed(0)
-    with_colours = u.LatentSegNet(colour_tokens=True).eval()
+    with_colours = u.LatentSegNetAblation(colour_tokens=True).eval()
     torch.manual_seed(0)
-    without = u.LatentSegNet(colour_tokens=False).eval()
+    without = u.LatentSegNetAblation(colour_tokens=False).eval()
     assert set(with_colours.state_dict()) - set(without.state_dict()) == {
         "colour_proj.weight", "colour_proj.bias"}
     without.load_state_dict({k: v for k, v in with_colours.state_dict().items()
@@ -579,13 +580,14 @@ def test_colour_tokens_let_the_latents_read_the_input_colours():
     with_colours.colour_proj.weight.data.normal_()
     with_colours.train().training_loss(x, torch.zeros(2, 32, 32, dtype=torch.long)).backward()
     assert with_colours.colour_proj.weight.grad.abs().sum() > 0
+    assert "colour_proj.weight" not in u.LatentSegNetAblation(attention=False).state_dict()
     assert "colour_proj.weight" not in u.LatentSegNet(attention=False).state_dict()
 
 
 def test_a_checkpoint_from_before_an_option_existed_loads_as_it_was(tmp_path):
     """colour_tokens came later: a config without it means the model had none."""
     torch.manual_seed(0)
-    old = u.LatentSegNet(colour_tokens=False).eval()
+    old = u.LatentSegNetAblation(colour_tokens=False).eval()
     path = tmp_path / "old.pt"
     u.save_checkpoint(str(path), old)
     payload = torch.load(path, weights_only=True)
@@ -601,7 +603,7 @@ def test_step_1a_is_the_tutorials_design_in_latentsegnets_parts():
     """All six options of step 1 off: no LayerNorm, BatchNorm, MLP, stem or fuse; the encoder is
     the tutorial's conv-pool-conv-pool, and each attention replaces what it reads."""
     torch.manual_seed(0)
-    model = u.LatentSegNet(**u.ABLATION_STEPS["1a the tutorial's design in LatentSegNet's parts"])
+    model = u.LatentSegNetAblation(u.ABLATION_STEPS["1a the tutorial's design in LatentSegNet's parts"])
     kinds = {type(m) for m in model.modules()}
     assert not kinds & {torch.nn.LayerNorm, torch.nn.BatchNorm2d}
     assert model.stem is None and not hasattr(model, "fuse")

@@ -117,12 +117,12 @@ def test_validation_keeps_the_random_state():
 
 def test_build_model_variants():
     m = uw.build_model("latentsegnet", num_latents=8, num_heads=2, latent_dim=32)
-    assert isinstance(m, u.LatentSegNet) and m.config["feature_dim"] == 32 and m.use_attention
+    assert isinstance(m, u.LatentSegNet) and m.config["feature_dim"] == 32 and m.attention
     assert m.config["num_latents"] == 8 and m.config["num_heads"] == 2 and m.num_classes == 4
     m = uw.build_model("tutorial", num_latents=8, num_heads=2, latent_dim=32)
     assert isinstance(m, u.SegmentationModel) and m.config["latent_dim"] == 32
     m = uw.build_model("no-attention", num_latents=8, num_heads=2, latent_dim=32)
-    assert isinstance(m, u.LatentSegNet) and not m.use_attention
+    assert isinstance(m, u.LatentSegNet) and not m.attention
     with pytest.raises(ValueError, match="variant"):
         uw.build_model("nonsense")
 
@@ -196,7 +196,7 @@ def test_each_variant_trains(variant, cls, attention):
     assert c.message.value.startswith("Done"), c.message.value
     assert isinstance(c.model, cls)
     if attention is not None:
-        assert c.model.use_attention is attention
+        assert c.model.attention is attention
 
 
 def test_an_error_during_training_is_a_message_not_a_traceback():

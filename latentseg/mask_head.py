@@ -1,0 +1,210 @@
+"""latentseg.mask_head: latents that become segments (MaskFormer's mask classification on the
+series' latents, notebook 08): MaskLatentSegNet, semantic_scores, segments_of, match_segments
+and mask_classification_loss. From its outputs to segments, and their scores:
+latentseg.panoptic.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from latentseg.blocks import AttentionBlock, conv_bn_relu, fourier_positions
+from latentseg.checks import check_heads, check_images, check_positive
+
+__all__ = ["MaskLatentSegNet", "semantic_scores", "segments_of", "match_segments",
+           "mask_classification_loss"]
+
+
+class MaskLatentSegNet(nn.Module):
+    """Mask classification on the series' encoder and latents (MaskFormer's head).
+
+    The encoder and the latents that read the pixels are LatentSegNet's; the latents also
+    read each other (self-attention, so two of them can agree not to take the same object).
+    Each refined latent then predicts a class, one of num_classes (background included, as a
+    "stuff" segment) or "no object" (index num_classes), and a mask: the dot product of its
+    embedding with per-pixel embeddings at full resolution. A latent *is* a segment.
+
+    forward: [B, in_channels, H, W] -> semantic log-scores [B, num_classes, H, W], formed as
+    MaskFormer does (sum over latents of class probability times mask probability), so
+    `predict`, `evaluate` and `train` work unchanged. predict_masks gives the parts:
+    class logits [B, K, num_classes + 1] and mask logits [B, K, H, W].
+    Options beyond MaskFormer (benchmarks/mask_experts.py measures them):
+      compete       the latents compete for each pixel: their mask probabilities at a pixel sum
+                    to 1 (Slot Attention's softmax over slots), so two latents cannot both hold
+                    an object; returned as the logits whose sigmoid is that probability
+      pooled_class  a latent's class also reads the encoder's features averaged inside its own
+                    mask (what the latent covers, not only what it attended to)
+
+    training_loss(images, labels, instances): Hungarian matching of latents to the image's
+    segments, class cross-entropy ("no object" down-weighted by no_object_weight), mask
+    binary cross-entropy and dice loss.
+
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
+    """
+
+    wants_instances = True   # run_seeds trains it on data with instance maps
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4, feature_dim: int = 64,
+                 num_latents: int = 16, num_heads: int = 4, rounds: int = 2, mask_dim: int = 32,
+                 stem_dim: int = 8, no_object_weight: float = 0.1, class_weight: float = 2.0,
+                 mask_weight: float = 5.0, dice_weight: float = 5.0, compete: bool = True,
+                 pooled_class: bool = True):
+        super().__init__()
+        check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
+                        rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
+        check_heads(feature_dim, num_heads)
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes.")
+        self.config = dict(in_channels=in_channels, num_classes=num_classes,
+                           feature_dim=feature_dim, num_latents=num_latents, num_heads=num_heads,
+                           rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim,
+                           no_object_weight=no_object_weight, class_weight=class_weight,
+                           mask_weight=mask_weight, dice_weight=dice_weight, compete=compete,
+                           pooled_class=pooled_class)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        D = feature_dim
+        self.stem = conv_bn_relu(in_channels, stem_dim)
+        self.down = nn.Sequential(nn.MaxPool2d(2), conv_bn_relu(stem_dim, D // 2),
+                                  conv_bn_relu(D // 2, D // 2), nn.MaxPool2d(2),
+                                  conv_bn_relu(D // 2, D), conv_bn_relu(D, D))     # stride 4
+        self.position_proj = nn.Linear(16, D)
+        self.latents = nn.Parameter(torch.randn(num_latents, D))
+        self.reads = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
+        self.talks = nn.ModuleList(AttentionBlock(D, num_heads) for _ in range(rounds))
+        self.norm_latents = nn.LayerNorm(D)
+        self.class_head = nn.Linear(D, num_classes + 1)                   # last: "no object"
+        if pooled_class:
+            self.pool_proj = nn.Linear(D, D)
+        self.mask_embed = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, mask_dim))
+        self.pixel_proj = nn.Conv2d(D, mask_dim, 1)
+        self.pixel_refine = nn.Sequential(conv_bn_relu(mask_dim + stem_dim, mask_dim),
+                                          nn.Conv2d(mask_dim, mask_dim, 1))
+
+    def predict_masks(self, x: torch.Tensor):
+        """-> class logits [B, K, num_classes + 1], mask logits [B, K, H, W]."""
+        check_images(x, self.in_channels)
+        H, W = x.shape[-2:]
+        stem = self.stem(x)
+        local = self.down(stem)                                            # [B, D, h, w]
+        B, D, h, w = local.shape
+        tokens = local.flatten(2).transpose(1, 2) + \
+            self.position_proj(fourier_positions(h, w, device=x.device))   # [B, N, D]
+        latents = self.latents.expand(B, -1, -1)
+        for read, talk in zip(self.reads, self.talks):
+            latents = read(latents, tokens)                                # read the pixels,
+            latents = talk(latents, latents)                               # then each other
+        latents = self.norm_latents(latents)                               # [B, K, D]
+        up = F.interpolate(self.pixel_proj(local), size=(H, W), mode="bilinear",
+                           align_corners=False)
+        pixels = self.pixel_refine(torch.cat([up, stem], dim=1))           # [B, E, H, W]
+        masks = torch.einsum("bke,behw->bkhw", self.mask_embed(latents), pixels)
+        if self.config["compete"]:
+            # The latents compete for each pixel (Slot Attention's softmax over slots): the
+            # mask probabilities of all latents at a pixel sum to 1. Returned as the logits
+            # whose sigmoid is that probability, so every consumer of mask logits works as is.
+            log_p = masks.log_softmax(dim=1)
+            masks = log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
+        if self.config["pooled_class"]:
+            # The class also reads the encoder's features inside the latent's own mask.
+            weights = F.adaptive_avg_pool2d(masks.sigmoid(), (h, w)).flatten(2)       # [B, K, N]
+            pooled = weights @ local.flatten(2).transpose(1, 2) / weights.sum(-1, keepdim=True).clamp(min=1e-6)
+            latents = latents + self.pool_proj(pooled)
+        return self.class_head(latents), masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        classes, masks = self.predict_masks(x)
+        return semantic_scores(classes, masks).clamp(min=1e-6).log()
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor,
+                      instances: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if instances is None:
+            raise ValueError("MaskLatentSegNet learns from instance maps: train it on data that "
+                             "returns them, e.g. u.variant_data('shapes', instances=True).")
+        classes, masks = self.predict_masks(images)
+        return mask_classification_loss(classes, masks, labels, instances, self.config)
+
+
+def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """MaskFormer's semantic inference: score[c] = sum over latents of P(class c) * sigmoid(mask).
+    class_logits [B, K, C + 1] (last = "no object"), mask_logits [B, K, H, W] -> [B, C, H, W].
+
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
+    """
+    probabilities = class_logits.softmax(-1)[..., :-1]
+    return torch.einsum("bkc,bkhw->bchw", probabilities, mask_logits.sigmoid())
+
+
+def segments_of(labels: torch.Tensor, instances: torch.Tensor):
+    """One image's segments: the background region (class 0) if present, then each object.
+    labels, instances [H, W] -> (classes [S] int64, masks [S, H, W] bool).
+
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
+    """
+    classes, masks = [], []
+    if (labels == 0).any():
+        classes.append(0)
+        masks.append(labels == 0)
+    for k in instances.unique().tolist():
+        if k > 0:
+            mask = instances == k
+            classes.append(int(labels[mask][0]))
+            masks.append(mask)
+    return torch.tensor(classes, dtype=torch.long), torch.stack(masks)
+
+
+def match_segments(cost: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Hungarian matching: cost [K, S] (K >= S) -> (latent indices, segment indices), each
+    segment given the latent that makes the total cost smallest (scipy's
+    linear_sum_assignment, an exact solver).
+
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
+    """
+    from scipy.optimize import linear_sum_assignment
+    if cost.shape[0] < cost.shape[1]:
+        raise ValueError(f"{cost.shape[1]} segments but only {cost.shape[0]} latents: "
+                         "build the model with more latents (num_latents).")
+    rows, cols = linear_sum_assignment(cost.detach().cpu().numpy())
+    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+
+
+def _dice(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice loss of every prediction against every target: [K, P], [S, P] -> [K, S]."""
+    overlap = probabilities @ targets.T
+    return 1 - (2 * overlap + 1) / (probabilities.sum(-1)[:, None] + targets.sum(-1)[None, :] + 1)
+
+
+def mask_classification_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor,
+                             labels: torch.Tensor, instances: torch.Tensor,
+                             weights: dict) -> torch.Tensor:
+    """MaskFormer's loss: per image, match latents to segments (Hungarian, on class
+    probability, mask BCE and dice), then class cross-entropy over all latents (unmatched ones
+    toward "no object", down-weighted) plus mask BCE and dice over the matched pairs.
+
+    Taught in notebook 08, section "2. Mask classification, built piece by piece".
+    """
+    B, K, C1 = class_logits.shape
+    class_targets = torch.full((B, K), C1 - 1, dtype=torch.long, device=class_logits.device)
+    mask_losses = []
+    for b in range(B):
+        classes, masks = segments_of(labels[b], instances[b])
+        classes, targets = classes.to(class_logits.device), masks.flatten(1).float()
+        logits = mask_logits[b].flatten(1)                                  # [K, P]
+        with torch.no_grad():
+            cost = (-weights["class_weight"] * class_logits[b].softmax(-1)[:, classes]
+                    + weights["mask_weight"] * F.binary_cross_entropy_with_logits(
+                        logits[:, None].expand(-1, len(classes), -1), targets[None].expand(K, -1, -1),
+                        reduction="none").mean(-1)
+                    + weights["dice_weight"] * _dice(logits.sigmoid(), targets))
+        rows, cols = match_segments(cost)
+        class_targets[b, rows] = classes[cols]
+        matched, wanted = logits[rows], targets[cols]
+        mask_losses.append(weights["mask_weight"] * F.binary_cross_entropy_with_logits(
+            matched, wanted) + weights["dice_weight"] * _dice(matched.sigmoid(), wanted).diag().mean())
+    class_weights = torch.ones(C1, device=class_logits.device)
+    class_weights[-1] = weights["no_object_weight"]
+    class_loss = F.cross_entropy(class_logits.reshape(B * K, C1), class_targets.reshape(-1),
+                                 weight=class_weights)
+    return weights["class_weight"] * class_loss + torch.stack(mask_losses).mean()
