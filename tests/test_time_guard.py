@@ -67,7 +67,7 @@ def test_the_committed_checkpoint_is_not_rewritten_by_a_notebook_run():
 
 # A stand-in notebook: training the series' final model for PROBE_STEPS steps (what notebooks
 # 05-08 spend their time on), timed in a fresh process, with the yardstick timed beside it.
-PROBE_STEPS = 120
+PROBE_STEPS = 240
 PROBE = f"""
 import importlib.util, json, sys, time
 import torch
@@ -78,6 +78,8 @@ spec.loader.exec_module(nbtools)
 if len(sys.argv) > 2:
     torch.set_num_threads(int(sys.argv[2]))
 yardstick = nbtools.time_reference_workload()
+torch.manual_seed(0)
+u.train(u.LatentSegNet(), steps=5, batch_size=16, lr=3e-3, seed=0, progress=False)   # warm-up
 torch.manual_seed(0)
 start = time.perf_counter()
 u.train(u.LatentSegNet(), steps=int(sys.argv[1]), batch_size=16, lr=3e-3, seed=0, progress=False)
@@ -105,8 +107,9 @@ def test_the_guard_scales_to_a_slower_machine_and_catches_doubled_work():
     slowdown = one_thread["yardstick"] / reference["yardstick"]
     assert one_thread["seconds"] > 1.1 * reference["seconds"], "one thread did not slow it: " + report
     assert one_thread["seconds"] <= guard_limit(reference["seconds"], slowdown), report
-    slowdown = doubled["yardstick"] / reference["yardstick"]
-    assert doubled["seconds"] > guard_limit(reference["seconds"], slowdown), report
+    # Same machine by construction: its slowdown is 1. (The yardstick's own run-to-run noise,
+    # 0.76 to 1.16 s between processes here, can only loosen the guard, never fail a run.)
+    assert doubled["seconds"] > guard_limit(reference["seconds"], 1.0), report
 
 
 def test_every_title_states_at_least_its_reference_time():

@@ -125,7 +125,8 @@ def reference_workload() -> None:
 
 
 def time_reference_workload(repeats: int = 5) -> float:
-    """Median seconds of `reference_workload` in a fresh Python process (one warm-up run first)."""
+    """Fastest of `repeats` timings of `reference_workload` in a fresh Python process, after one
+    warm-up run: the fastest is the one least disturbed by whatever else the machine does."""
     import subprocess
     import sys
 
@@ -143,7 +144,7 @@ def _time_workload_here(repeats: int) -> float:
         start = time.perf_counter()
         reference_workload()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def read_reference_times() -> dict:
