@@ -88,16 +88,17 @@ print(json.dumps({{"yardstick": yardstick, "seconds": time.perf_counter() - star
 
 
 def probe(steps: int, threads: "int | None" = None) -> dict:
-    env = dict(os.environ)
-    args = [sys.executable, "-c", PROBE, str(steps)]
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-        args.append(str(threads))
+    """The stand-in notebook in a fresh process, with `threads` threads (default: all cores,
+    whatever OMP_NUM_THREADS this run has, so that one thread is a real slowdown)."""
+    threads = threads or os.cpu_count()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    args = [sys.executable, "-c", PROBE, str(steps), str(threads)]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no slower thread count to try")
 def test_the_guard_scales_to_a_slower_machine_and_catches_doubled_work():
     reference = probe(PROBE_STEPS)                 # this machine, as the reference machine
     one_thread = probe(PROBE_STEPS, threads=1)     # a slower machine: the same work, one thread
