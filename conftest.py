@@ -5,7 +5,7 @@
    is the fast tier; `python -m pytest` (CI) runs everything.
 2. Each notebook under test gets its own copy of the committed checkpoints
    (`LATENTSEG_CHECKPOINT_DIR`, read by `u.checkpoint_path`), in a temporary folder: a notebook
-   that saves a checkpoint never rewrites a committed file, and notebooks 06-08 analyse the
+   that saves a checkpoint never rewrites a committed file, and notebooks 06, 08 and 09 analyse the
    committed checkpoint, not what notebook 05 retrained on this machine a minute earlier.
 3. The notebook time guard: when nbval ran every cell of a notebook, the cells' execution
    time must stay within TIME_GUARD_FACTOR times the time the reference machine measured for

@@ -1,6 +1,7 @@
 """What the scripts in benchmarks/ share: their common flags, one schema of run metadata,
 `--merge` of results files from parts run side by side, and the writers of their results
-(JSON, markdown, PNG) and of a plain-text table.
+(JSON, markdown, PNG) and of a plain-text table. Also `peak_memory_bytes`, the CPU memory
+measurement that notebook 02 uses.
 
 A script's results file is its run metadata (`run_metadata`) plus "results", its rows:
 `{"command": ..., "date": ..., "machine": ..., ..., "results": [row, ...]}`.
@@ -8,10 +9,12 @@ A script's results file is its run metadata (`run_metadata`) plus "results", its
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import os
 import platform
+import re
 import sys
 
 import torch
@@ -162,6 +165,40 @@ def read_results(path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------
+
+def _status_kb(field: str) -> int:
+    """A field of /proc/self/status (VmRSS, VmHWM), in kB."""
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"{field}:\s+(\d+) kB", status.read()).group(1))
+
+
+def peak_memory_bytes(fn) -> "int | None":
+    """Extra resident memory of this process at the peak of one call `fn()`, in bytes, as Linux
+    counts it; None where Linux's counters are missing (macOS, Windows).
+
+    It sees every buffer the call allocates, PyTorch's temporary ones included, not only what
+    `fn` returns (Python's tracemalloc does not see PyTorch's tensors). How: glibc's
+    `malloc_trim(0)` gives freed heap memory back to the system, so the call must map new pages;
+    writing 5 to /proc/self/clear_refs resets the peak resident size (VmHWM) to the current one
+    (VmRSS); the answer is VmHWM after the call minus VmRSS before it. `fn`'s result is dropped
+    before returning. Resident memory is the CPU's; on a GPU use torch.cuda.max_memory_allocated.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)      # give freed memory back: fn() needs new pages
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")                      # reset the peak (VmHWM) to the current size
+        before = _status_kb("VmRSS")
+    except (OSError, AttributeError):
+        return None
+    result = fn()
+    peak = _status_kb("VmHWM")
+    del result
+    return (peak - before) * 1024
+
+
+# ---------------------------------------------------------------------------
 # --merge
 # ---------------------------------------------------------------------------
 
@@ -171,7 +208,7 @@ def merge_results(paths: "list[str]", order) -> "tuple[dict, list[dict]]":
     Takes the files' paths and `order`, a function from a row to its sort key. Every part must
     have the first one's split, steps and seeds (those it records); otherwise the error names
     the part and the process exits with status 2. Returns (metadata, rows): the first part's
-    metadata with the commands joined by " + ", "run" saying how many parts were merged and
+    metadata with the commands joined by " + " (each without its --out folder), "run" saying how many parts were merged and
     "models" (where parts record one) the union of theirs; the rows of all parts, sorted.
     """
     parts = [read_results(path) for path in paths]
@@ -182,7 +219,8 @@ def merge_results(paths: "list[str]", order) -> "tuple[dict, list[dict]]":
                   f"seeds than {paths[0]}; merge only runs of one grid", file=sys.stderr)
             raise SystemExit(2)
     meta = {k: v for k, v in first.items() if k != "results"}
-    meta.update(command=" + ".join(p["command"] for p in parts),
+    # A part's --out is a scratch folder on the machine that ran it: not part of the recipe.
+    meta.update(command=" + ".join(re.sub(r" --out \S+", "", p["command"]) for p in parts),
                 run=f"{len(parts)} processes side by side, merged")
     if any("models" in p for p in parts):
         meta["models"] = {k: v for p in parts for k, v in p.get("models", {}).items()}

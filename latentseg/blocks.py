@@ -69,16 +69,18 @@ class AttentionBlock(nn.Module):
                                      nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                return_attention: bool = False):
+                return_attention: bool = False, attention_mask: Optional[torch.Tensor] = None):
         """x [B, M, dim], context [B, N, dim] -> x [B, M, dim] (and weights [B, heads, M, N]).
-        With detach_query set, the attention's queries carry no gradient back into x."""
+        With detach_query set, the attention's queries carry no gradient back into x.
+        attention_mask [B * heads, M, N] bool: True where a query may NOT read (masked attention)."""
         weights = None
         if self.use_attention:
             context = self.norm_context(context)
             query = x.detach() if self.detach_query else x
             attended, weights = self.attention(self.norm_x(query), context, context,
                                                need_weights=return_attention,
-                                               average_attn_weights=False)
+                                               average_attn_weights=False,
+                                               attn_mask=attention_mask)
             if hasattr(self, "attention_scale"):
                 attended = self.attention_scale * attended
             x = x + attended if self.residual else attended

@@ -37,6 +37,15 @@ class MaskLatentSegNet(nn.Module):
                     an object; returned as the logits whose sigmoid is that probability
       pooled_class  a latent's class also reads the encoder's features averaged inside its own
                     mask (what the latent covers, not only what it attended to)
+    Training changes measured on validation (benchmarks/mask_recipe.py), all off by default:
+      coords        two coordinate channels (x, y) in the per-pixel mask embedding (CoordConv,
+                    SOLO): two identical shapes no longer have identical pixel features
+      semantic_weight  weight of an auxiliary per-pixel semantic cross-entropy on the mask
+                    embedding's pixels (a 1x1 convolution to class logits; ReMaX, MaX-DeepLab)
+      deep_supervision  matching and loss after every round, the initial latents included,
+                    and masked attention from the second round on: each latent reads only the
+                    pixels inside its previous mask, or all of them when that mask is empty
+                    (Mask2Former)
 
     training_loss(images, labels, instances): Hungarian matching of latents to the image's
     segments, class cross-entropy ("no object" down-weighted by no_object_weight), mask
@@ -51,19 +60,23 @@ class MaskLatentSegNet(nn.Module):
                  num_latents: int = 16, num_heads: int = 4, rounds: int = 2, mask_dim: int = 32,
                  stem_dim: int = 8, no_object_weight: float = 0.1, class_weight: float = 2.0,
                  mask_weight: float = 5.0, dice_weight: float = 5.0, compete: bool = True,
-                 pooled_class: bool = True):
+                 pooled_class: bool = True, coords: bool = False, semantic_weight: float = 0.0,
+                 deep_supervision: bool = False):
         super().__init__()
         check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
                         rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
         check_heads(feature_dim, num_heads)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes.")
+        if semantic_weight < 0:
+            raise ValueError(f"semantic_weight={semantic_weight}: give 0 (off) or a positive weight.")
         self.config = dict(in_channels=in_channels, num_classes=num_classes,
                            feature_dim=feature_dim, num_latents=num_latents, num_heads=num_heads,
                            rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim,
                            no_object_weight=no_object_weight, class_weight=class_weight,
                            mask_weight=mask_weight, dice_weight=dice_weight, compete=compete,
-                           pooled_class=pooled_class)
+                           pooled_class=pooled_class, coords=coords,
+                           semantic_weight=semantic_weight, deep_supervision=deep_supervision)
         self.in_channels, self.num_classes = in_channels, num_classes
         D = feature_dim
         self.stem = conv_bn_relu(in_channels, stem_dim)
@@ -80,11 +93,20 @@ class MaskLatentSegNet(nn.Module):
             self.pool_proj = nn.Linear(D, D)
         self.mask_embed = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, mask_dim))
         self.pixel_proj = nn.Conv2d(D, mask_dim, 1)
-        self.pixel_refine = nn.Sequential(conv_bn_relu(mask_dim + stem_dim, mask_dim),
+        self.pixel_refine = nn.Sequential(conv_bn_relu(mask_dim + stem_dim + 2 * coords, mask_dim),
                                           nn.Conv2d(mask_dim, mask_dim, 1))
+        if semantic_weight > 0:
+            self.semantic_head = nn.Conv2d(mask_dim, num_classes, 1)
 
     def predict_masks(self, x: torch.Tensor):
         """-> class logits [B, K, num_classes + 1], mask logits [B, K, H, W]."""
+        return self.predict_stages(x)[0][-1]
+
+    def predict_stages(self, x: torch.Tensor):
+        """-> (stages, semantic): stages a list of (class logits, mask logits), one per
+        supervised stage (with deep_supervision: the initial latents and each round; else only
+        the output), the last one what predict_masks returns; semantic the per-pixel semantic
+        logits [B, num_classes, H, W] (None without semantic_weight)."""
         check_images(x, self.in_channels)
         H, W = x.shape[-2:]
         stem = self.stem(x)
@@ -92,14 +114,40 @@ class MaskLatentSegNet(nn.Module):
         B, D, h, w = local.shape
         tokens = local.flatten(2).transpose(1, 2) + \
             self.position_proj(fourier_positions(h, w, device=x.device))   # [B, N, D]
-        latents = self.latents.expand(B, -1, -1)
-        for read, talk in zip(self.reads, self.talks):
-            latents = read(latents, tokens)                                # read the pixels,
-            latents = talk(latents, latents)                               # then each other
-        latents = self.norm_latents(latents)                               # [B, K, D]
         up = F.interpolate(self.pixel_proj(local), size=(H, W), mode="bilinear",
                            align_corners=False)
-        pixels = self.pixel_refine(torch.cat([up, stem], dim=1))           # [B, E, H, W]
+        parts = [up, stem]
+        if self.config["coords"]:
+            ys = torch.linspace(-1.0, 1.0, H, device=x.device)
+            xs = torch.linspace(-1.0, 1.0, W, device=x.device)
+            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))          # [2, H, W]
+            parts.append(grid.expand(B, -1, -1, -1))
+        pixels = self.pixel_refine(torch.cat(parts, dim=1))                # [B, E, H, W]
+        latents = self.latents.expand(B, -1, -1)
+        deep = self.config["deep_supervision"]
+        stages = [self._predict(latents, local, pixels)] if deep else []
+        for read, talk in zip(self.reads, self.talks):
+            mask = self.attention_mask(stages[-1][1], (h, w)) if deep else None
+            latents = read(latents, tokens, attention_mask=mask)           # read the pixels,
+            latents = talk(latents, latents)                               # then each other
+            if deep:
+                stages.append(self._predict(latents, local, pixels))
+        if not deep:
+            stages.append(self._predict(latents, local, pixels))
+        semantic = self.semantic_head(pixels) if hasattr(self, "semantic_head") else None
+        return stages, semantic
+
+    def attention_mask(self, mask_logits: torch.Tensor, size) -> torch.Tensor:
+        """Masked attention: [B, K, H, W] mask logits -> [B * heads, K, N], True where a latent
+        may not read (outside its mask; nowhere masked when its mask is empty)."""
+        inside = F.adaptive_avg_pool2d(mask_logits.detach().sigmoid(), size).flatten(2) >= 0.5
+        inside = inside | ~inside.any(-1, keepdim=True)
+        return (~inside).repeat_interleave(self.reads[0].attention.num_heads, dim=0)
+
+    def _predict(self, latents: torch.Tensor, local: torch.Tensor, pixels: torch.Tensor):
+        """One stage's class logits and mask logits from the latents [B, K, D]."""
+        h, w = local.shape[-2:]
+        latents = self.norm_latents(latents)                               # [B, K, D]
         masks = torch.einsum("bke,behw->bkhw", self.mask_embed(latents), pixels)
         if self.config["compete"]:
             # The latents compete for each pixel (Slot Attention's softmax over slots): the
@@ -123,8 +171,12 @@ class MaskLatentSegNet(nn.Module):
         if instances is None:
             raise ValueError("MaskLatentSegNet learns from instance maps: train it on data that "
                              "returns them, e.g. u.variant_data('shapes', instances=True).")
-        classes, masks = self.predict_masks(images)
-        return mask_classification_loss(classes, masks, labels, instances, self.config)
+        stages, semantic = self.predict_stages(images)
+        loss = sum(mask_classification_loss(classes, masks, labels, instances, self.config)
+                   for classes, masks in stages) / len(stages)
+        if semantic is not None:
+            loss = loss + self.config["semantic_weight"] * F.cross_entropy(semantic, labels)
+        return loss
 
 
 def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:

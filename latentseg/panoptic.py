@@ -1,7 +1,7 @@
 """latentseg.panoptic: from a mask head's outputs (or any class map) to segments, and how to
 score them (notebook 08): predict_instances (the head's plain rule), panoptic_inference
 (Mask2Former's rule, with thresholds), connected_component_instances (the baseline without
-latents), panoptic_quality, mask_owner and claims.
+latents), panoptic_quality, mask_owner, claims and mask_head_scores (all of them at once).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["predict_instances", "panoptic_inference", "connected_component_instances",
-           "MATCH_IOU", "panoptic_quality", "mask_owner", "claims"]
+           "MATCH_IOU", "panoptic_quality", "mask_owner", "claims", "mask_head_scores"]
 
 
 @torch.no_grad()
@@ -257,3 +257,40 @@ def claims(class_logits: torch.Tensor, mask_logits: torch.Tensor,
         result.append(owners)
     return result
 
+
+
+@torch.no_grad()
+def mask_head_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     instances: torch.Tensor, batch_size: int = 64) -> dict:
+    """A mask head's instance scores on one evaluation set: PQ, SQ and RQ of predict_instances;
+    the share of objects claimed by exactly one latent (`claims`); among those, the share whose
+    latent names the object's class (class accuracy on claimed objects); how many latents claim
+    anything. images [B, 3, H, W], labels and instances [B, H, W] (make_split(...,
+    instances=True)).
+
+    What benchmarks/mask_experts.py and benchmarks/mask_recipe.py report for every mask head.
+
+    Taught in notebook 08, section "4. The verdict on this run".
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    pred_instances, pred_classes = [], []
+    owners, right, used = [], [], set()
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device)
+        found = predict_instances(model, batch)
+        pred_instances.append(found[0].cpu())
+        pred_classes.append(found[1].cpu())
+        classes, masks = (t.cpu() for t in model.predict_masks(batch))
+        named = classes[..., :-1].argmax(-1)                                 # [b, K]
+        for b, claim in enumerate(claims(classes, masks, instances[start:start + batch_size])):
+            for obj, k in claim.items():
+                owners.append(k)
+                if k >= 0:
+                    used.add(k)
+                    true_class = labels[start + b][instances[start + b] == obj].mode().values
+                    right.append(int(named[b, k]) == int(true_class))
+    pq = panoptic_quality(torch.cat(pred_instances), torch.cat(pred_classes), instances, labels)
+    return {"pq": pq["pq"], "sq": pq["sq"], "rq": pq["rq"],
+            "claimed_once": sum(k >= 0 for k in owners) / max(1, len(owners)),
+            "class_accuracy": sum(right) / max(1, len(right)), "latents_used": len(used)}

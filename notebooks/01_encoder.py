@@ -18,6 +18,10 @@
 #
 # # 01 · The encoder, layer by layer
 #
+# Throughout the series, *the tutorial* is a short blog post, with PyTorch code for Colab, that
+# builds a segmentation model from "multi-head latent attention" and "fine-grained expert
+# segmentation"; the series rebuilds its model faithfully, then measures and improves it.
+#
 # After this notebook you can build the tutorial's `SimpleEncoder` from its layers (two stages of
 # convolution, ReLU and max-pool), predict the shape after each of them, and compute and draw the
 # part of the image that one of its output cells sees.
@@ -214,8 +218,9 @@ print("encoder:", tuple(x.shape), "->", tuple(features.shape),
 # ### Sizes that are not a multiple of 4
 #
 # Each pool rounds down. A 66×66 image therefore gives a 16×16 map, and the decoder's ×4
-# upsampling (notebook 03) returns 64×64, not 66×66. This is why `u.SegmentationModel` rejects
-# such sizes with a clear error instead of returning a label map of the wrong size.
+# upsampling (notebook 03) returns 64×64, not 66×66. So the series' whole model,
+# `u.SegmentationModel` (assembled in notebook 03), refuses such sizes with an error rather than
+# returning a label map of the wrong size, as the last line shows.
 
 # %% tags=["nbval-check-output"]
 with torch.no_grad():
@@ -223,20 +228,26 @@ with torch.no_grad():
         side = encoder(torch.zeros(1, 3, size, size)).shape[-1]
         print(f"{size:>3} x {size:<3} -> {side} x {side} cells -> x4 upsample: {4 * side} x {4 * side}"
               + ("" if 4 * side == size else "   (does not match the input)"))
+try:
+    u.SegmentationModel()(torch.zeros(1, 3, 66, 66))
+except ValueError as error:
+    print("u.SegmentationModel:", error)
 
 # %% [markdown]
 # ## 3. Why stride 4?
 #
 # From notebook 02 on, every cell of the encoder's output becomes a **token**: a vector of 64
-# numbers, one per channel. The attention layers then compare tokens with each other or with a
-# few learned vectors. Their cost grows with the number of tokens $N$:
+# numbers, one per channel. The attention layers then weigh tokens against each other or against
+# a few learned vectors, one weight per pair compared, so their cost grows with the number of
+# tokens $N$:
 #
-# - full self-attention, where every token looks at every token, stores $N^2$ weights per head;
-# - the tutorial's latent attention, where $K = 16$ learned latents look at the tokens, stores
-#   $N \cdot K$ weights per head.
+# - full self-attention, where every token looks at every token, stores $N^2$ weights;
+# - the tutorial's attention, where $K = 16$ learned vectors (notebook 02 calls them latents) look
+#   at the tokens, stores $N \cdot K$ weights.
 #
-# The table counts both for a 64×64 image at several strides. Stride 1 would mean attention over
-# raw pixels.
+# Here **stride** means the whole encoder's downsampling (its two pools of stride 2 make 4): one
+# token per stride×stride block of pixels. The table counts both for a 64×64 image at several
+# strides. Stride 1 would mean attention over raw pixels.
 
 # %% tags=["nbval-check-output"]
 K = 16   # the tutorial's number of latents (notebook 02)
@@ -248,8 +259,8 @@ for stride in (1, 2, 4, 8):
 
 
 # %% [markdown]
-# Stride 4 turns 4,096 pixels into 256 tokens, so even full self-attention stores 65,536 weights per
-# head instead of 16,777,216. The price is resolution: one token stands for a 4×4 block of pixels.
+# Stride 4 turns 4,096 pixels into 256 tokens, so even full self-attention stores 65,536 weights
+# instead of 16,777,216. The price is resolution: one token stands for a 4×4 block of pixels.
 # Suppose a model classified every token perfectly, giving it the class that most pixels of its
 # block have, and its decoder copied that class to the whole block. How good would the label map
 # be? `block_labels` below builds that map for several strides, and we score it with the series'
@@ -262,8 +273,8 @@ for stride in (1, 2, 4, 8):
 #   the IoUs over the classes.
 #
 # Both count the pixels of the **held-out set**, `u.make_heldout_set()`: a fixed set of 256 images
-# drawn with a seed that no training stream uses, on which every notebook scores its models.
-# Notebook 04 builds the data and this set; notebook 06 studies a trained model's errors.
+# drawn with a seed of its own that no training batch uses, on which every notebook scores its
+# models. Notebook 04 builds the data and this set.
 
 # %%
 def block_labels(labels, stride, num_classes=4):
@@ -284,17 +295,9 @@ for stride in (1, 2, 4, 8, 16):
 # mIoU (0.856 instead of 1.000) but keep a pixel accuracy of 96.8%. All the wrong pixels lie in
 # blocks that straddle a boundary between two classes, since a block of one class is copied
 # exactly. The mIoU falls further than the accuracy because each wrong pixel counts against two
-# classes, and against a shape's small area rather than against all the pixels. The figure shows
-# the maps for sample 2: at stride 4 the edges become 4×4 staircases. Stride 8 costs much more
-# (mIoU 0.742).
-#
-# These numbers belong to the decoder that copies each cell's class to its block, not to stride 4.
-# The tutorial's decoder (notebook 03) upsamples the logits bilinearly: it blends neighbouring
-# cells, so a boundary can fall inside a block, and given perfect stride-4 scores (each block's
-# true class shares) it comes clearly closer to the truth (notebook 05 measures how close). What
-# upsampling cannot undo is that the encoder has already mixed each 4×4 block into one vector.
-# Stride 4 is a compromise, and notebook 05 also adds a full-resolution path around the encoder to
-# sharpen the edges.
+# classes, and against a shape's small area rather than against all the pixels. Stride 8 costs
+# much more (mIoU 0.742). The figure shows the maps for sample 2: at stride 4 the edges become 4×4
+# staircases.
 
 # %%
 from matplotlib.patches import Patch
@@ -315,6 +318,24 @@ fig.legend(handles=[Patch(facecolor=c, edgecolor="grey", label=n)
 fig.suptitle("Each block's majority class, copied to the whole block")
 fig.tight_layout(rect=(0, 0.1, 1, 1))
 plt.show()
+
+# %% [markdown]
+# These numbers belong to a decoder that copies each cell's class to its block, not to stride 4.
+# The tutorial's decoder (notebook 03) works on the **logits**, one raw score per class and cell,
+# and upsamples them **bilinearly**: each pixel gets a distance-weighted average of the four
+# nearest cells' scores, so a boundary can fall inside a block. The cell below gives it perfect
+# stride-4 scores, each block's share of each class:
+
+# %%
+shares = F.avg_pool2d(F.one_hot(heldout_labels, 4).permute(0, 3, 1, 2).float(), 4)   # [B, 4, 16, 16]
+smooth = F.interpolate(shares, scale_factor=4, mode="bilinear", align_corners=False).argmax(1)
+print(f"stride 4, perfect scores upsampled bilinearly: pixel accuracy "
+      f"{u.pixel_accuracy(smooth, heldout_labels):.1%}, mIoU {u.mean_iou(smooth, heldout_labels, 4):.3f}")
+
+# %% [markdown]
+# Blending lifts the mIoU from 0.856 to 0.959. What upsampling cannot undo is that the encoder has
+# already mixed each 4×4 block into one vector, so stride 4 stays a compromise; notebook 05 adds a
+# full-resolution path around the encoder to sharpen the edges.
 
 # %% [markdown]
 # ## 4. The receptive field of one output cell
@@ -388,11 +409,11 @@ print(f"output cell (0, 0): input rows {top}..{bottom}, columns {left}..{right} 
 # marks the 16×16 cells.
 #
 # `radius_range`, a default of `u.make_shapes_batch`, gives the shapes' radii as fractions of the
-# image side: 0.14 to 0.25, that is 9 to 16 pixels here (the next cell prints both, and the
-# figure's title repeats the pixels). Even the smallest shape is wider than 10 pixels, so a 10×10
-# window never holds a whole shape: a cell inside a shape sees plain colour, and a cell on an edge
-# sees a short stretch of it, perhaps with a corner. That is too little to tell a circle from a
-# square reliably; the attention layers of notebooks 02 and 03 have to bring in the context.
+# image side: 0.14 to 0.25, that is 9 to 16 pixels here (the next cell prints both). Even the
+# smallest shape is wider than 10 pixels, so a 10×10 window never holds a whole shape: a cell
+# inside a shape sees plain colour, and a cell on an edge sees a short stretch of it, perhaps with
+# a corner. That is too little to tell a circle from a square reliably; the attention layers of
+# notebooks 02 and 03 have to bring in the context.
 
 # %%
 import inspect
@@ -425,7 +446,9 @@ plt.show()
 # colour and to colour changes (edges), and that is the raw material that training will shape. The
 # top row shows the first 8 of the 32 channels after `conv1` and ReLU, at full resolution. The
 # bottom row shows the first 8 of the 64 channels that leave the encoder, at 16×16. Each map has
-# its own colour scale (dark is low).
+# its own colour scale (dark is low). Look at the image border: several maps have a bright or dark
+# frame along an edge, where the zero padding puts zeros into the filter's window. And output
+# channel 5 is blank.
 
 # %%
 with torch.no_grad():
@@ -451,11 +474,11 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Many values are exactly zero, and the cell below counts them. ReLU sets every negative value to
-# zero, and some output channels are zero everywhere on this image. Such a channel passes nothing
-# on to the attention layers for this image, and this image gives its filter no gradient either
-# (ReLU passes none where its output is zero). Training changes it only through the images on
-# which it is active.
+# Many values are exactly zero, and the cell below counts them, with the channels that are zero
+# everywhere on this image, like channel 5. ReLU sets every negative value to zero. A blank channel
+# passes nothing on to the attention layers for this image, and this image gives its filter no
+# gradient either (ReLU passes none where its output is zero). Training changes it only through
+# the images on which it is active.
 
 # %%
 print(f"values that are zero after conv1 + ReLU: {(stage1 == 0).float().mean():.0%}")
@@ -473,20 +496,20 @@ print(f"output channels that are zero everywhere on this image: "
 # - Stride 4 turns a 64×64 image into 256 tokens, which keeps attention cheap. The price is
 #   resolution: with perfect tokens, a decoder that copies each token's class to its 4×4 block
 #   reaches a held-out mIoU of 0.856, losing pixels only at edges. That is a limit of copying, not
-#   of stride 4: bilinear upsampling (notebook 03) can place a boundary inside a block, and
-#   notebook 05 measures how much that helps and adds a full-resolution path for the edges.
-# - mIoU is the mean over classes of |prediction ∩ truth| / |prediction ∪ truth|, counted over
-#   the pixels of the fixed held-out set `u.make_heldout_set()` (256 images).
+#   of stride 4: upsampling the same perfect scores bilinearly, as the tutorial's decoder does,
+#   reaches 0.959.
+# - Models are scored by pixel accuracy and mIoU on the fixed held-out set `u.make_heldout_set()`.
 # - One output cell sees a 10×10 window (computed, measured, drawn), smaller than any whole shape.
 #   Telling a circle from a square takes context, which is the job of the attention layers in
 #   notebooks 02 and 03.
 # - Input sizes must be multiples of 4, or the decoder's ×4 upsample does not give back the input's
-#   size.
+#   size; `u.SegmentationModel` refuses other sizes.
 #
 # ## Exercises
 #
 # Each exercise comes with a check function. Write your answer in a new cell and call the check
-# on it. The solution is in the collapsed cell below each check; click it to expand.
+# on it. The solution is in the hidden cell titled *Solution* below each check: click its collapsed
+# input to read it (double-click in Colab), and run it to see the answer.
 #
 # ### Exercise 1: a third stage
 #
@@ -599,7 +622,7 @@ print(f"1 channel, feature_dim=128: {encoder_parameters(1, 128):,} parameters")
 #
 # Later notebooks import the encoder from `latentseg_utils`. This cell checks that it is the one you
 # built: the same parameter names and shapes, and, given the same weights, the same output on
-# all six images. If the two drifted apart, this cell would fail, and so would the series' tests.
+# all six images. If the two drifted apart, this cell would fail.
 
 # %% tags=["nbval-check-output"]
 reference = u.SimpleEncoder()

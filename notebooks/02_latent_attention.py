@@ -60,8 +60,8 @@ if "google.colab" in sys.modules:
         print(f"installed {LATENTSEG_PACKAGE}; nothing else needed (all present)")
 
 # %% [markdown]
-# The imports, a fixed seed so that every number below is the same on every run (except the
-# timings and memory measurements of section 6, which depend on the machine), and the device.
+# The imports, a fixed seed so that every number below is the same on every run (except section
+# 6's timings and memory), and the device.
 # Nothing in this notebook trains, so everything runs on the CPU whatever `device` says; it is
 # printed so that a bug report says what you ran. `u` is the series' shared module: whatever this
 # notebook builds by hand, `u` holds too, and the notebook ends by checking that the two agree.
@@ -119,7 +119,7 @@ def attention(q, k, v):
 
 
 # %% [markdown]
-# A first test on small random tensors: 3 queries, 5 items. We check the shapes, that each row of
+# A first try on small random tensors: 3 queries, 5 items. We check the shapes, that each row of
 # weights sums to 1, and that the answer equals PyTorch's fused
 # `F.scaled_dot_product_attention`.
 
@@ -171,7 +171,7 @@ for d in (4, 16, 64, 256):
 # We take a real `nn.MultiheadAttention` with the tutorial's width $E = 64$ and $h = 4$ heads, and
 # redo its forward pass by hand from its weights. PyTorch stores $W_q, W_k, W_v$ stacked in one
 # `in_proj_weight` of shape `[3E, E]`. Its biases start at zero, so we randomise them; otherwise
-# the comparison would not test them.
+# the comparison would not cover them.
 
 # %% tags=["nbval-check-output"]
 E, heads = 64, 4
@@ -264,20 +264,18 @@ assert same
 # %% [markdown]
 # ## 4. `LatentAttention`: K learned latents read the pixels
 #
-# The tutorial's `LatentAttention` is multi-head attention in which the **queries are learned**.
-# $K = 16$ vectors, the latents (the tutorial calls them *experts*), are parameters of the model,
-# the same for every image. (From here on $K$ is this number of latents, not the key matrix of
-# section 2.) The **keys and values are the pixel tokens**. Each latent asks its own question of
-# the image (one per head) and gets back one 64-dimensional answer. The output is $K$ vectors, a
-# summary of the image in 16 slots, whatever the image's size.
+# The tutorial's `LatentAttention` is multi-head attention in which the **queries are learned**:
+# $K = 16$ vectors, the **latents**, are parameters of the model, the same for every image. (From
+# here on $K$ is this number of latents, not the key matrix of section 2.) The **keys and values
+# are the pixel tokens**. Queries from one set reading keys and values from another is
+# **cross-attention**; in self-attention (section 6) all three come from the same tokens. Each
+# latent asks the image one question per head, 4 in all, and the output projection merges the 4
+# answers into one 64-dimensional vector. The output is $K$ such vectors, a summary of the image in
+# 16 slots whatever its size: the latents refined by what they read, which the tutorial calls
+# **experts**.
 #
 # This is the **read** step of the Perceiver (*Perceiver: General Perception with Iterative
-# Attention*, Jaegle et al., 2021). The name invites a misreading, so here it is plainly: this is
-# Perceiver-style latent cross-attention, **not** DeepSeek-V2's *Multi-head Latent Attention*
-# (MLA). MLA compresses each token's keys and values into a small per-token latent for the
-# inference cache, and rebuilds from it a key for every token in every head: the attention is
-# still over all tokens. Here there are only 16 latent queries, and there is no cache, no
-# up-projection and no rotary part.
+# Attention*, Jaegle et al., 2021).
 #
 # The tutorial's version has one oddity that we keep so the reproduction stays faithful. It
 # projects keys, values and queries with its own `nn.Linear` layers (`key_proj`, `value_proj`,
@@ -342,8 +340,9 @@ print(f"key_proj, value_proj and query_proj together: {extra:,}")
 #
 # Row $k$ of the weights is latent $k$'s distribution over the 256 tokens, which is a map over the 16×16
 # grid. `u.plot_attention` draws one heatmap per latent over the image (here averaged over the 4
-# heads). The model is **untrained**, and that matters for reading the figure: each map is drawn
-# on its own colour scale, stretched from its smallest to its largest weight.
+# heads). Bright means more attention weight, dark less. The model is **untrained**, and that
+# matters for reading the figure: each map is drawn on its own colour scale, stretched from its
+# smallest to its largest weight.
 
 # %%
 fig = u.plot_attention(image, weights[0].mean(0),
@@ -356,26 +355,30 @@ plt.show()
 # are linear in the pixel features, and the features differ with colour and at edges. The border
 # cells differ too, because the encoder's zero padding makes them look different. But how strong
 # are these preferences? Each map has its own colour scale, so we compare the weights
-# themselves with the uniform weight $1/N$:
+# themselves with the uniform weight $1/N$. A softmax's log-weights are its scores minus one
+# constant per row, so the last line also gives the widest spread of one latent's scores (in one
+# head):
 
 # %%
 uniform = 1 / tokens.shape[1]
 print(f"uniform weight 1/N = {uniform:.5f}")
 print(f"untrained weights range from {weights.min():.5f} to {weights.max():.5f} "
       f"(largest = {weights.max() / uniform:.2f} x uniform)")
+score_spread = (weights.log().amax(-1) - weights.log().amin(-1)).max()
+print(f"largest spread of one latent's scores over the 256 tokens (one head): {score_spread:.3f}")
 
 # %% [markdown]
 # Before training, every latent reads almost the whole image evenly: the largest weight is only
 # 1.04 times the uniform one, so the patterns above are small ripples on top of a nearly flat
 # average. The reason is the size of the scores: with PyTorch's initialisation, one latent's scores
-# $QK^\top/\sqrt{d}$ differ little from token to token, and a softmax of nearly equal scores is
-# nearly flat. Training has to make these differences large and meaningful. Notebook 06 draws the
-# same maps for trained models.
+# $QK^\top/\sqrt{d}$ differ by at most 0.069 from token to token, and a softmax of nearly equal
+# scores is nearly flat. Training has to make these differences large and meaningful. Notebook 06
+# draws the same maps for trained models.
 #
 # Each latent has 4 heads, and each head attends on its own 16 channels, so the heads of one latent
-# can look at different places. Here are the heads of the latent with the largest single weight.
-# Even untrained, its heads weight the same shapes differently (compare the circle across the four
-# maps):
+# can look at different places. Here are the heads of the latent with the largest single weight
+# (bright again means more weight). Even untrained, its heads weight the same shapes differently
+# (compare the circle across the four maps):
 
 # %%
 k = int(weights[0].amax(dim=(0, 2)).argmax())
@@ -393,39 +396,25 @@ plt.show()
 #
 # We compare `nn.MultiheadAttention` used as self-attention over the tokens with `u.LatentAttention`
 # ($K = 16$), both with the tutorial's width 64 and 4 heads, for images from 32×32 to 160×160
-# ($N$ = 64 to 1,600 tokens at stride 4). Both are asked for their attention weights, as the
-# tutorial's code does, so both store their weight matrix. (Fused kernels such as
-# FlashAttention avoid storing the $N\times N$ matrix, but they still do $N^2$ work.)
+# ($N$ = 64 to 1,600 tokens at stride 4). Both are asked for their attention weights, so both
+# compute and store their weight matrix. The tutorial's own line,
+# `latent_output, _ = self.attention(query=queries, key=keys, value=values)`, does so on every
+# call: it throws the weights away, but `need_weights` defaults to True. Our class (section 4)
+# asks for them only when `return_attention` is set, and we set it, so it computes what the
+# tutorial's call computes.
+# (Fused kernels such as FlashAttention avoid storing the $N\times N$ matrix, but they still do
+# $N^2$ work.)
 #
-# **Peak memory.** Python's `tracemalloc` does not see PyTorch's tensors, so `peak_memory_bytes`
-# resets Linux's record of the process's peak resident memory, runs one forward pass and reads the
-# new peak: that counts every temporary buffer, not just the returned weights. Where Linux's
-# counters are missing (macOS, Windows) it returns `None`, and the memory plot shows only the
-# weight tensors.
+# **Peak memory** comes from `peak_memory_bytes` in `latentseg.benchmarking`: the extra resident
+# memory of the process at the peak of one forward pass, as Linux counts it, so every temporary
+# buffer counts, not just the returned weights. Where Linux's counters are missing (macOS,
+# Windows) it returns `None`, and the memory plot shows only the weight tensors.
 
 # %%
-import ctypes
-import re
 import time
 from contextlib import contextmanager
 
-
-def peak_memory_bytes(fn):
-    """Extra resident memory at the peak of fn(), in bytes, measured by Linux; None elsewhere."""
-    def status_kb(field):
-        with open("/proc/self/status") as f:
-            return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)      # give freed memory back, so fn() needs new pages
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                               # reset the peak (VmHWM) to the current size
-        before = status_kb("VmRSS")
-    except (OSError, AttributeError):
-        return None
-    result = fn()
-    peak = status_kb("VmHWM")
-    del result
-    return (peak - before) * 1024
+from latentseg.benchmarking import peak_memory_bytes
 
 
 def best_time(fn, repeats=5):
@@ -454,8 +443,9 @@ def torch_threads(n):
 # later calls reuse), then timed (fastest of five runs) and measured. We time on **one thread**
 # (`torch_threads(1)`, which puts the previous thread count back afterwards). On a busy or shared
 # CPU, PyTorch's threads spend their time waiting for each other, and those waits would swamp
-# what we want to see. The printed numbers depend on the machine and on what else it is doing;
-# the last column says which of the two was faster at each size.
+# what we want to see. Times and peak memory depend on the machine and on what else it runs: the
+# numbers below, and what the next cells say about them, describe the run saved here, and yours
+# will differ in detail. The last column says which of the two was faster at each size.
 
 # %% tags=["nbval-ignore-output"]
 self_attention = nn.MultiheadAttention(64, 4, batch_first=True).eval()
@@ -485,16 +475,15 @@ for size, s, lat in zip(sizes, bench["self-attention"], bench["latent attention"
           f"{'latent' if lat[1] < s[1] else 'self'}")
 
 # %% [markdown]
-# On log-log axes a power law $N^p$ is a straight line of slope $p$. The dotted grey lines show
-# slopes 2 and 1 for comparison. What to look at:
+# On log-log axes a power law $N^p$ is a straight line of slope $p$. The dotted grey lines, drawn
+# through each curve's last point, show slopes 2 and 1 for comparison. What to look at:
 #
-# - **Time, smallest image.** At $N = 64$ the latents' curve lies *above* self-attention's: for
-#   small images the latents are the slower of the two. A fixed cost per call dominates there,
-#   and the latents pay more of it, with three extra linear layers in front of the same
-#   `nn.MultiheadAttention`. The `faster` column above shows where the two cross.
-# - **Time, as N grows.** Self-attention's curve steepens until, at the largest sizes, it is as
-#   steep as the slope-2 line or steeper, while the latents' curve stays flatter than the slope-1
-#   line: over these sizes their fixed cost is still a large part of their time.
+# - **Time, smallest image.** A fixed cost per call dominates there, and the latents pay more of
+#   it, with three extra linear layers in front of the same `nn.MultiheadAttention`, so the two
+#   curves start close and the latents can be the slower (the `faster` column says which won).
+# - **Time, as N grows.** Self-attention's curve steepens as its $N\times N$ part takes over,
+#   toward slope 2 or past it. The latents' curve starts flatter, where their fixed cost
+#   dominates, steepens as the part that grows with $N$ takes over, and stays far below.
 # - **Memory.** The dashed weight tensors follow slopes 2 and 1 exactly. Self-attention's measured
 #   peak closes in on its weight tensor as $N$ grows: at large $N$ its memory is mostly the
 #   $N\times N$ matrix. The latents' measured peak grows about as their weight tensor does, and
@@ -529,12 +518,11 @@ plt.show()
 
 
 # %% [markdown]
-# Least-squares slopes over all five sizes put numbers on the curves. They are rough, and not the
-# ideal 2 and 1. At the smallest sizes the fixed cost per call (Python, PyTorch's dispatch)
-# dominates, and self-attention's projections, whose cost grows only as $N$, cost as much as its
-# $N\times N$ part or more; both pull the slopes down. At the largest sizes self-attention's
-# $N\times N$ matrix no longer fits in the CPU's caches, which can make its time grow faster than
-# $N^2$ there. The last lines compare the two modules.
+# Least-squares slopes over all five sizes put numbers on the curves. Expect rough values, not the
+# ideal 2 and 1: at small sizes the fixed cost per call (Python, PyTorch's dispatch) and the
+# projections, whose cost grows only as $N$, pull the slopes down, while at large sizes
+# self-attention's $N\times N$ matrix can outgrow the CPU's caches and make its time grow faster
+# than $N^2$. The last lines compare the two modules.
 
 # %% tags=["nbval-ignore-output"]
 def slope(rows, key):
@@ -551,11 +539,10 @@ for key, what in ((1, "time"), (2, "peak memory")):
               slope(bench["self-attention"], key) > slope(bench["latent attention"], key))
 
 # %% [markdown]
-# So the measurements show self-attention's time and peak memory growing markedly faster with
-# $N$ than the latents', but neither pair of slopes is a clean 2 and 1, and for small images the
-# latents are slower. The clean $N/K$ ratio shows in the count of weights, which is the same on
-# every machine: at every size, self-attention stores $N/K$ times as many weights as the latents
-# do, and that factor grows with the image:
+# Here self-attention's time and peak memory grow faster with $N$ than the latents' (the last two
+# lines), though neither pair of slopes is a clean 2 and 1. The clean $N/K$ ratio shows in the
+# count of weights, which is the same on every machine: at every size, self-attention stores
+# $N/K$ times as many weights as the latents do, and that factor grows with the image:
 
 # %% tags=["nbval-check-output"]
 for (N, _, _, self_bytes), (_, _, _, latent_bytes) in zip(bench["self-attention"], bench["latent attention"]):
@@ -570,19 +557,20 @@ for (N, _, _, self_bytes), (_, _, _, latent_bytes) in zip(bench["self-attention"
 #   from saturating as width grows (measured).
 # - Multi-head attention is project, split, attend, merge, project. Your version equals
 #   `nn.MultiheadAttention` to 1e-5.
-# - `LatentAttention` uses $K = 16$ learned latents as queries over the $N$ pixel tokens. It turns any
-#   image into 16 vectors. It is Perceiver-style cross-attention, not DeepSeek's MLA.
+# - `LatentAttention` uses $K = 16$ learned latents as queries over the $N$ pixel tokens
+#   (cross-attention). It turns any image into 16 vectors, the experts: the Perceiver's read step.
 # - Untrained, every latent reads the image almost uniformly, with small ripples that follow the
 #   shapes, their edges and the border. Training must sharpen this (notebook 06 shows trained maps).
 # - Latents store $N\cdot K$ attention weights against self-attention's $N^2$: $N/K$ times fewer,
-#   at every size. Measured on a CPU, self-attention's time and peak memory grow markedly faster
-#   with $N$ than the latents', though not as clean powers of $N$, and at the smallest image
-#   ($N = 64$) the latents are the slower of the two.
+#   at every size, on any machine. The timings and peak memory measured here show the same trend,
+#   though not as clean powers of $N$, and for small images a fixed cost per call can make the
+#   latents the slower of the two.
 #
 # ## Exercises
 #
 # Each exercise comes with a check function. Write your answer in a new cell and call the check
-# on it. The solution is in the collapsed cell below each check.
+# on it. The solution is in the hidden cell titled *Solution* below each check: click its collapsed
+# input to read it (double-click in Colab), and run it to see the answer.
 #
 # ### Exercise 1: a bag of pixels
 #
@@ -685,7 +673,7 @@ check_folded(folded)
 # you built. It compares the parameter names and shapes, and, with the same weights, the
 # experts and the attention weights on all six images. It also checks that your hand-written
 # `multi_head_attention` reproduces the module's own attention from its weights. If either drifts,
-# this cell fails, and so do the series' tests.
+# this cell fails.
 
 # %% tags=["nbval-check-output"]
 reference = u.LatentAttention(feature_dim=64, latent_dim=64, num_latents=16, num_heads=4)

@@ -151,8 +151,9 @@ print("every pixel's output rebuilt from its weights and the experts alone:",
 # ## 3. The linear head: class logits
 #
 # A linear layer maps each pixel's 64-dimensional output to one score (**logit**) per class. The
-# tutorial's default is `num_classes=2`, and we keep it so that the parameter count below matches
-# the tutorial's. The series' shapes data has 4 classes, and notebook 05 uses 4.
+# model built here keeps the tutorial's default, `num_classes=2`, so that its parameter count
+# matches the tutorial's. The series' shapes data has 4 classes, so notebook 05 builds the model
+# with `num_classes=4`.
 
 # %% tags=["nbval-check-output"]
 num_classes = 2
@@ -230,7 +231,7 @@ class SegmentationModel(nn.Module):
         features = self.encoder(x)                                       # [B, D, h, w]
         B, D, h, w = features.shape
         tokens = features.flatten(2).transpose(1, 2)                     # [B, N, D]
-        experts, latent_w = self.latent_attention(tokens, return_attention=True)       # [B, K, D]
+        experts, latent_w = self.latent_attention(tokens, return_attention=True)  # [B, K, latent_dim]
         logits, pixel_w = self.expert_segmentation(tokens, experts, return_attention=True)  # [B, N, C]
         logits = logits.transpose(1, 2).reshape(B, self.num_classes, h, w)  # [B, C, h, w]
         logits = self.decoder(logits)                                    # [B, C, H, W]
@@ -280,13 +281,15 @@ for part, children in parts.items():
 reference_total = u.count_parameters(u.SegmentationModel())
 print(f"{'total':<22} {total:>7,}")
 print(f"latentseg_utils.SegmentationModel(): {reference_total:,} parameters; equal: {total == reference_total}")
+print(f"stored as float32 (4 bytes each): {4 * total / 1000:.0f} kB")
 assert total == u.count_parameters(model) == reference_total
 
 # %% [markdown]
-# Three things stand out. The model is tiny: 70,504 parameters, a few hundred kilobytes. Most of them
-# are in the two attentions and their projections, and the part that decides the class has only
-# the head's 130 plus the decoder's 38. The number of classes changes only the head and the
-# decoder (exercise 1 checks this by arithmetic):
+# Three things stand out. The model is tiny: 70,504 parameters, 282 kB as float32. Most of them
+# are in the two attentions and their projections. And only the last two layers depend on the
+# classes: the head, which maps each pixel's 64 numbers to class scores (130 parameters), and the
+# decoder's convolution on those scores (38). The number of classes changes only these two
+# (exercise 1 works out how):
 
 # %% tags=["nbval-check-output"]
 for c in (2, 4):
@@ -301,7 +304,8 @@ for c in (2, 4):
 # size. Experts are not classes, so they get their own palette (`tab20`), not the class colours.
 #
 # This is the **untrained** model. The figure also shows each head's own assignment, and a bar
-# chart of how many of the 256 tokens each expert wins.
+# chart of how many of the 256 tokens each expert wins. Look at how few experts appear: one covers
+# most of the image, and the bar chart has only three bars, one of them barely visible.
 
 # %%
 from matplotlib.colors import ListedColormap
@@ -356,110 +360,114 @@ print(f"every pixel weight is within {(pixel_w - 1 / K).abs().max():.1e} of 1/K 
 print(f"the same weights in float64 differ from these by at most {(pixel_w64 - pixel_w).abs().max():.1e}")
 changed = int((pixel_w64.mean(0).argmax(-1) != assignment.flatten()).sum())
 print(f"pixels whose expert (head mean) changes in float64: {changed} of {pixel_w.shape[1]}")
-print(f"experts that win at least one token (head mean): {int((share > 0).sum())} of {K}")
+won = {e: int(share[e]) for e in share.nonzero().flatten().tolist()}
+print(f"experts that win at least one token (head mean): {len(won)} of {K}; tokens won: {won}")
 
 
 # %% [markdown]
 # **Before training the map means nothing, and the numbers say why.** Notebook 02 showed that
-# every untrained latent reads the image almost uniformly, so every expert is nearly the same
-# average of the whole image: each lies within 1.2e-03 of the experts' mean, relative to the
-# mean's length. Pixels then have almost nothing to choose between: every weight is within
-# 2.0e-07 of $1/16$. Those differences are not rounding error (float64 gives the same weights to
-# within 9.8e-09), but they are so small that rounding still decides the argmax at some pixels:
-# run in float64, the model picks a different expert at the pixels counted above. Where the map
-# has a pattern, it comes from the pixels' queries, not from the experts. In each head a pixel's
-# largest weight goes to the expert whose key best matches the pixel's query, and pixels with
-# similar features have similar queries, so they pick the same expert. Hence the large patches:
-# one expert takes most of the image, only 3 of the 16 win any token, and some per-head maps
-# follow the shapes, whose colours differ from the background's. None of this is anything the
-# experts have learned. The lesson for the design: the expert head can only tell experts apart
-# after the latent attention has made them different.
+# every untrained latent reads the image almost uniformly, so the experts are nearly the same
+# average of the whole image: each lies within 1.2e-03 of their mean, relative to the mean's
+# length. So a pixel has almost nothing to choose between: every weight is within 2.0e-07 of
+# $1/16$. These tiny differences are real, since float64 gives the same weights to within
+# 9.8e-09. But at some pixels the two largest weights are so close that rounding decides which
+# expert wins: computed in float64, 27 of the 256 pixels change expert.
 #
-# **After training** the same map becomes the model's answer to "which part of the image is
-# this?" If the experts specialise, each one will own a kind of region, for example background,
-# object interiors, or the edges of one shape, and the map will look like a rough segmentation
-# that the classifier then labels. If training lets a few experts win everywhere, the map will show
-# that collapse just as plainly. Notebook 06 draws this map for the series' trained model,
-# `u.LatentSegNet`, beside each image and its true classes.
+# The argmax shows only which expert wins, not by how much, so even these tiny leads paint solid
+# patches. Which expert wins depends on the pixel's query: its largest weight goes to the expert
+# whose key best matches it, and pixels with similar features have similar queries and pick the
+# same expert. That is why one expert covers most of the image, only 3 of the 16 win any token (one of them only 2 tokens), and some per-head maps follow the
+# shapes. The expert head can tell experts apart only after the latent attention has made them
+# different.
+
+# %% [markdown]
+# ### What the map will show after training
 #
+# Then the map answers "which part of the image is this?" If the experts specialise, each owns a
+# kind of region (background, object interiors, the edges of one shape), and the map looks like a
+# rough segmentation that the head then labels. If a few experts win everywhere, the map shows that
+# collapse just as plainly. Notebook 06 draws it for the series' trained model, `u.LatentSegNet`.
+
+# %% [markdown]
 # ## 6. Where this design comes from: Perceiver IO and MaskFormer
 #
-# In one sentence, the model is this: **16 learned latents read the pixel features by
-# cross-attention, then every pixel reads what they gathered (the experts), then a linear layer
-# classifies each pixel.**
+# In one sentence: **16 learned latents read the pixel features by cross-attention, every pixel
+# reads what they gathered (the experts), and a linear layer classifies each pixel.**
 #
-# **Perceiver IO** (*Perceiver IO: A General Architecture for Structured Inputs & Outputs*,
-# DeepMind, 2021) has this shape. Its encoder is a cross-attention in which a small learned
-# latent array reads a large input, costing $O(NK)$ instead of $O(N^2)$ (notebook 02 measured it).
-# Its decoder is a second cross-attention in which **output queries**, one per output element
-# (here one per pixel), read the latents, so the cost stays linear in the output size too. In short,
-# *latents read, output queries write*. The tutorial's `LatentAttention` is the read and its
-# `ExpertSegmentation` is the write. Two differences. First, Perceiver IO processes the latents
-# with a stack of self-attention blocks between read and write; the tutorial has none, so its 16
-# latents never exchange information. Second, Perceiver IO wraps every attention in layer norms
-# and an MLP, and its encoder cross-attention and latent self-attention blocks are residual
-# (the attention's result is added to its queries); the tutorial has none of this (notebook 05
-# adds it). Perceiver IO's decoder is the exception to the residual: the reference
-# implementation, by default and in its image-classification, optical-flow and language models,
-# does not add the cross-attention's result to the output query (`use_query_residual=False`).
-# There, as in section 2 here, an output query shapes its answer only through its attention
-# weights. Here the query is the pixel's own feature, and the series' improved model adds it back.
+# ### Perceiver IO: latents read, output queries write
 #
-# **MaskFormer** (*Per-Pixel Classification is Not All You Need for Semantic Segmentation*, Cheng,
-# Schwing and Kirillov, 2021) shares the idea of a small set of learned **queries**, but uses them
-# differently. Each query becomes a *segment*. It predicts class scores (including "no object") and a mask embedding, and its mask is
-# $\mathrm{sigmoid}(\text{mask embedding}\cdot\text{pixel embedding})$. The semantic map combines
-# each query's class with its mask. In the tutorial's model the latents carry no class, and the
-# class is decided per pixel by a linear head on the pixel's mix of experts. That is still
-# per-pixel classification, the baseline MaskFormer argues against. The per-pixel weights over
-# the experts resemble MaskFormer's masks, one soft map per query. But they compete through a
-# softmax over experts at each pixel, where MaskFormer's masks are independent sigmoids, and no
-# expert is ever tied to a class.
+# *Perceiver IO: A General Architecture for Structured Inputs & Outputs* (DeepMind, 2021) has this
+# shape. Its encoder is a cross-attention in which a small learned latent array reads a large
+# input, at a cost of $O(NK)$ instead of $O(N^2)$ (notebook 02 measured it). Its decoder is a second
+# cross-attention in which **output queries**, one per output element (here one per pixel), read
+# the latents, so the cost stays linear in the output size too. The tutorial's `LatentAttention` is
+# the read and its `ExpertSegmentation` the write. The tutorial lacks two things: Perceiver IO's
+# self-attention blocks between read and write (its 16 latents never exchange information), and
+# the layer norms, MLPs and residual connections around the attentions (notebook 05 adds them). Whether the decoder adds its result to the output query is a switch,
+# `use_query_residual`. DeepMind's reference code leaves it off by default and in its optical-flow
+# and language models, where an output query, like a pixel here (section 2), shapes its answer only
+# through its attention weights; its ImageNet classifier turns it on (`perceiver/train/experiment.py`).
+
+# %% [markdown]
+# ### MaskFormer: queries that become segments
 #
-# **What the names do not mean.** The tutorial speaks of "multi-head latent attention" and
-# "fine-grained expert segmentation". Its attention is not DeepSeek-V2's Multi-head Latent
-# Attention, which compresses each token's keys and values for the inference cache. Its experts
-# are not DeepSeekMoE's experts: those are feed-forward networks with their own weights, and a
-# gate sends each token to a few of them (plus a few shared experts that every token uses);
-# DeepSeekMoE's "fine-grained expert segmentation" means splitting each expert into smaller ones.
-# Here every pixel mixes **all** 16 experts densely, the experts have no weights of their own, and
-# nothing is routed or load-balanced. A reading often given to Perceiver-style latents fits
-# better: they act like cluster centres (the Set Transformer's "inducing points") that the pixels
-# are grouped around.
+# *Per-Pixel Classification is Not All You Need for Semantic Segmentation* (Cheng, Schwing and
+# Kirillov, 2021) also uses a small set of learned **queries**, but each becomes a *segment*: it
+# predicts class scores (including "no object") and a mask embedding, its mask is
+# $\mathrm{sigmoid}(\text{mask embedding}\cdot\text{pixel embedding})$, and the semantic map
+# combines each query's class with its mask. Here the latents carry no class: a linear head
+# classifies each pixel's mix of experts, which is per-pixel classification, the baseline
+# MaskFormer argues against. The pixels' weights over the experts resemble its masks, one soft map
+# per query, but they compete through a softmax at each pixel, where MaskFormer's masks are
+# independent sigmoids, and no expert is tied to a class. The three side by side:
 #
 # | | latents / queries | what reads what | how a pixel gets its class |
 # |---|---|---|---|
 # | this tutorial | 16 learned latents | latents read pixels; pixels read latents | linear head on the pixel's mix of experts |
 # | Perceiver IO | learned latent array | latents read inputs; latent self-attention; output queries read latents | a head on each output query's answer |
 # | MaskFormer | 100 learned queries | queries read image features (transformer decoder) | each query's class × its mask, combined per pixel |
+
+# %% [markdown]
+# ### What the names do not mean
 #
+# The tutorial speaks of "multi-head latent attention" and "fine-grained expert segmentation". Its
+# attention is not DeepSeek-V2's Multi-head Latent Attention, which compresses each token's keys
+# and values for the inference cache (notebook 07 builds it). Its experts are not DeepSeekMoE's:
+# those are feed-forward networks with their own weights, a gate routes each token to a few of
+# them, and "fine-grained expert segmentation" means splitting each expert into smaller ones
+# (notebook 09). Here every pixel mixes all 16 experts, which have no weights of their own, and
+# nothing is routed. A better reading: the latents act like cluster centres that the pixels are
+# grouped around, or like the Set Transformer's "inducing points" (Lee et al., 2019): a few
+# learned vectors that summarise a large set, whose elements then read the summary back.
+
+# %% [markdown]
 # ## Summary
 #
 # - `ExpertSegmentation` is the second cross-attention: pixels are the queries, the 16 experts are
 #   keys and values, and a linear head turns each pixel's mix into class logits.
 # - A pixel's output depends on its own feature only through its attention weights (rebuilt above
-#   from the weights and the experts alone). This is a bottleneck that notebook 05 measures and
-#   the improved model removes.
+#   from the weights and the experts alone): a bottleneck that notebook 05 measures and the
+#   improved model removes.
 # - The whole model is encoder → latent attention → expert head → 3×3 conv on the logits → ×4
 #   bilinear upsample, with 70,504 parameters at 2 classes, counted part by part.
-# - The per-pixel argmax over experts is a map of how the model partitions the image. Before
-#   training it means nothing: the untrained experts are nearly identical and every pixel's
-#   weights are almost exactly uniform (measured), so the argmax magnifies tiny differences, some
-#   of them rounding. Notebook 06 shows the map of a trained model.
-# - Structurally this is a small Perceiver IO without the latent self-attention (latents read,
-#   output queries write). It borrows
-#   MaskFormer's learned queries but not its mask classification, and it is neither DeepSeek's MLA
-#   nor its mixture of experts.
-#
+# - The per-pixel argmax over experts maps how the model partitions the image. Untrained it means
+#   nothing: the experts are nearly identical and every pixel's weights almost exactly uniform
+#   (measured), so the argmax magnifies tiny differences, some of them rounding.
+# - Structurally this is a small Perceiver IO without the latent self-attention. It borrows
+#   MaskFormer's learned queries but not its mask classification.
+
+# %% [markdown]
 # ## Exercises
 #
 # Each exercise comes with a check function. Write your answer in a new cell and call the check
-# on it. The solution is in the collapsed cell below each check.
+# on it. The solution is in the hidden cell titled *Solution* below each check: click its collapsed
+# input to read it (double-click in Colab), and run it to see the answer.
 #
 # ### Exercise 1: parameters as a function of the number of classes
 #
-# Write `model_parameters(num_classes)` from the table above, by arithmetic: which parts depend on
-# `num_classes`, and how? The check compares it with `u.SegmentationModel` for 2 to 8 classes.
+# Write `model_parameters(num_classes)` by arithmetic, layer by layer as in the table above: which
+# parts depend on `num_classes`, and how? The check compares it with `u.SegmentationModel` for 2
+# to 8 classes.
 
 # %%
 def check_model_parameters(fn):
@@ -472,13 +480,15 @@ def check_model_parameters(fn):
 # %% cellView="form" jupyter={"source_hidden": true}
 # @title Solution (double-click to show)
 def model_parameters(num_classes):
-    C = num_classes
-    fixed = (u.count_parameters(model.encoder) + u.count_parameters(model.latent_attention)
-             + u.count_parameters(model.expert_segmentation.pixel_proj)
-             + u.count_parameters(model.expert_segmentation.attention))
-    head = 64 * C + C                # Linear(64, C)
-    decoder = C * C * 3 * 3 + C      # Conv2d(C, C, 3)
-    return fixed + head + decoder
+    C, D = num_classes, 64
+    linear = D * D + D                                    # one Linear(64, 64)
+    attention = 4 * linear                                # in_proj (W_q, W_k, W_v) and out_proj
+    encoder = 3 * 3 * 3 * 32 + 32 + 32 * 3 * 3 * D + D    # conv1, conv2
+    latent_attention = 16 * D + 3 * linear + attention    # latents, key/value/query_proj
+    pixel_side = linear + attention                       # pixel_proj, the second attention
+    head = D * C + C                                      # Linear(64, C): depends on C
+    decoder = C * C * 3 * 3 + C                           # Conv2d(C, C, 3): depends on C
+    return encoder + latent_attention + pixel_side + head + decoder
 
 check_model_parameters(model_parameters)
 print(f"4 classes: {model_parameters(4):,}")
@@ -514,7 +524,7 @@ check_shapes_96(expected_96)
 #
 # Section 6 compared the pixel weights with MaskFormer's masks. Write `expert_masks(pixel_weights)`,
 # which turns weights `[heads, N, K]` into one soft mask per expert, `[K, 16, 16]` (mean over heads).
-# The check tests your masks against the model's weights and confirms the property that sets them
+# The check compares your masks with the model's weights and confirms the property that sets them
 # apart from MaskFormer's: at every pixel, the masks sum to 1.
 
 # %%
@@ -542,7 +552,7 @@ check_expert_masks(expert_masks)
 # Later notebooks train and inspect `latentseg_utils.SegmentationModel`. This cell checks that it
 # is the model you assembled. It compares `ExpertSegmentation` on its own, then the whole model:
 # parameter names and shapes, and, with the same weights, the logits and both attention maps on
-# all six images. If either side drifts, this cell fails, and so do the series' tests.
+# all six images. If either side drifts, this cell fails.
 
 # %% tags=["nbval-check-output"]
 ref_head = u.ExpertSegmentation(feature_dim=64, latent_dim=64, num_heads=4, num_classes=2)

@@ -9,6 +9,8 @@ import torch
 
 import latentseg_utils as u
 
+OVERFIT_STEPS = 100     # enough: it reaches PQ 1.0 on the batch
+
 
 def test_instance_maps_agree_with_the_class_maps():
     for variant in ("shapes", "crowded", "frame_key"):
@@ -221,3 +223,54 @@ def test_panoptic_inference_rejects_bad_input():
         u.panoptic_inference(class_logits[0], masks)
     with pytest.raises(ValueError, match="score_threshold"):
         u.panoptic_inference(class_logits, masks, score_threshold=1.5)
+
+
+def test_the_head_overfits_one_fixed_batch():
+    """The overfit-one-batch check: trained on one fixed batch, the head must segment that batch
+    almost perfectly (PQ near 1). A head that cannot is wrong, not slow."""
+    images, labels, instances = u.make_shapes_batch(4, 32, seed=3, instances=True)
+    model = u.MaskLatentSegNet(num_latents=8, feature_dim=32, num_heads=2)
+    u.train(model, steps=OVERFIT_STEPS, batch_size=4, image_size=32, progress=False,
+            data=lambda batch_size, image_size, seed=None: (images, labels, instances))
+    scores = u.mask_head_scores(model, images, labels, instances)
+    assert scores["pq"] >= 0.9 and scores["claimed_once"] == 1.0, scores
+
+
+def test_training_options_keep_the_outputs_and_the_default_parameters():
+    x, y, ids = u.make_shapes_batch(2, 32, seed=1, instances=True)
+    small = dict(num_latents=6, feature_dim=32, num_heads=2, rounds=2)
+    names = set(u.MaskLatentSegNet(**small).state_dict())
+    for options in ({"coords": True}, {"semantic_weight": 0.5}, {"deep_supervision": True}):
+        torch.manual_seed(0)
+        model = u.MaskLatentSegNet(**small, **options)
+        classes, masks = model.predict_masks(x)
+        assert classes.shape == (2, 6, 5) and masks.shape == (2, 6, 32, 32)
+        loss = model.training_loss(x, y, ids)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert model.config[next(iter(options))] == next(iter(options.values()))
+    # only the semantic loss adds parameters; the default head's are those of old checkpoints
+    assert set(u.MaskLatentSegNet(**small, semantic_weight=0.5).state_dict()) - names == {
+        "semantic_head.weight", "semantic_head.bias"}
+    with pytest.raises(ValueError, match="semantic_weight=-1"):
+        u.MaskLatentSegNet(semantic_weight=-1)
+
+
+def test_deep_supervision_predicts_after_every_round_with_masked_attention():
+    x, _ = u.make_shapes_batch(2, 32, seed=1)
+    torch.manual_seed(0)
+    model = u.MaskLatentSegNet(num_latents=6, feature_dim=32, num_heads=2, rounds=2,
+                               deep_supervision=True).eval()
+    stages, semantic = model.predict_stages(x)
+    assert len(stages) == 3 and semantic is None            # the initial latents, then 2 rounds
+    assert torch.equal(stages[-1][1], model.predict_masks(x)[1])
+    # masked attention: a latent reads only inside its mask; an empty mask reads everything
+    mask_logits = torch.full((2, 6, 32, 32), -10.0)
+    mask_logits[0, 0, :16] = 10.0                          # latent 0 of image 0: the top half
+    blocked = model.attention_mask(mask_logits, (8, 8))   # [B * heads, K, N]
+    assert blocked.shape == (4, 6, 64)
+    assert blocked[0, 0, :32].logical_not().all() and blocked[0, 0, 32:].all()
+    assert not blocked[0, 1].any() and not blocked[2:].any()
+    assert torch.equal(blocked[0], blocked[1])             # the same mask for every head
+    plain = u.MaskLatentSegNet(num_latents=6, feature_dim=32, num_heads=2, rounds=2)
+    assert len(plain.predict_stages(x)[0]) == 1

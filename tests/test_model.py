@@ -126,7 +126,7 @@ def test_an_old_checkpoint_with_other_switches_raises_a_clear_error(tmp_path, sw
 
 def test_final_model_and_ablation_class_train_bit_for_bit_alike():
     """Not only equal losses: the same float operations in the same order, so that a seeded
-    training gives the very same weights (notebook 05 trains both, notebooks 06-08 analyse the
+    training gives the very same weights (notebook 05 trains both, notebooks 06, 08 and 09 analyse the
     checkpoint it saves; the committed outputs depend on it)."""
     models = []
     for build in (u.LatentSegNet, u.LatentSegNetAblation):

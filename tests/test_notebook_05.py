@@ -19,8 +19,9 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_training.ipyn
 def gpu_cell(marker: str) -> str:
     cells = [source(c) for c in code_cells(json.loads(NOTEBOOK.read_text())) if marker in source(c)]
     assert len(cells) == 1, marker
-    assert 'if device.type == "cuda":' in cells[0]
-    return cells[0].replace('if device.type == "cuda":', "if True:  # the GPU branch, on the CPU")
+    assert 'if RERUN_GRIDS_ON_GPU and device.type == "cuda":' in cells[0]
+    return cells[0].replace('if RERUN_GRIDS_ON_GPU and device.type == "cuda":',
+                            "if True:  # the GPU branch, on the CPU")
 
 
 @pytest.fixture
@@ -49,3 +50,11 @@ def test_the_gpu_branch_runs_every_row_over_three_seeds(tiny_run_seeds, marker, 
         assert all(len(r["measured"]) == 3 for r in rows)
     assert all(len(r["miou"]) == 3 for r in rows)
     plt.close("all")
+
+
+def test_rerunning_the_grids_on_a_gpu_is_opt_in():
+    """63 trainings are not started by a GPU alone: one named flag, off by default."""
+    cells = [source(c) for c in code_cells(json.loads(NOTEBOOK.read_text()))]
+    flags = [line for c in cells for line in c.splitlines() if line.startswith("RERUN_GRIDS_ON_GPU =")]
+    assert len(flags) == 1 and flags[0].split("=")[1].split("#")[0].strip() == "False"
+    assert sum('if RERUN_GRIDS_ON_GPU and device.type == "cuda":' in c for c in cells) == 2

@@ -21,13 +21,12 @@ ALLOWED = {   # notebook -> {number: why it need not be printed}
     "05_training.ipynb": {"1.0": "the normalised entropy's maximum (definition)",
                           "2.0": "an exercise's suggested setting"},
     "07_beyond.ipynb": {"93.3%": "DeepSeek-V2 paper: KV cache reduction",
-                        "5.76": "DeepSeek-V2 paper: generation throughput",
-                        "1.808": "DeepSeekMoE paper: Pile loss", "1.867": "DeepSeekMoE paper: GShard",
-                        "1.5": "DeepSeekMoE paper: GShard's expert compute",
-                        "4.4": "DeepSeekMoE paper: expert combinations (billions)"},
+                        "5.76": "DeepSeek-V2 paper: generation throughput"},
     "08_mask_experts.ipynb": {"55.6": "MaskFormer paper: ADE20K mIoU",
                               "57.7": "Mask2Former paper: ADE20K mIoU",
                               "57.8": "Mask2Former paper: COCO panoptic PQ"},
+    "09_finer_experts.ipynb": {"1.808": "DeepSeekMoE paper: Pile loss", "1.867": "DeepSeekMoE paper: GShard",
+                               "1.5": "DeepSeekMoE paper: GShard's expert compute"},
 }
 
 

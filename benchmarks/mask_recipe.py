@@ -1,0 +1,155 @@
+"""What makes the mask head converge: one training change per row, measured on validation.
+
+    python benchmarks/mask_recipe.py                       # every row, 3 seeds, 800 steps
+    python benchmarks/mask_recipe.py --rows default coords --threads 1 --out /tmp/a   # part
+    python benchmarks/mask_recipe.py --merge a.json b.json # one results file from the parts
+    python benchmarks/mask_recipe.py --rows default --steps 2000   # the longer budget
+    python benchmarks/mask_recipe.py --smoke               # a tiny run (what the tests run)
+
+Each row is `u.MaskLatentSegNet(**options)` with one option changed from the default head
+(`default`), trained with the series' recipe and seeds (`u.run_seeds`) on the shapes data with
+instance maps, and scored on the shapes VALIDATION set (design choices never look at the test
+set): semantic mIoU, and `u.mask_head_scores` (PQ, SQ, RQ, objects claimed by exactly one
+latent, class accuracy on claimed objects, latents used). Each row is compared with `default`
+by the series' finding rule (`u.is_finding` on PQ: the same sign on every seed and a gap of the
+means above both spreads); otherwise "no measurable difference". The rows come from the
+anchors: Mask2Former (deep supervision, masked attention), SOLO / CoordConv (coordinates in
+the mask embedding), ReMaX / MaX-DeepLab (an auxiliary semantic loss), Slot Attention
+(latents that compete for pixels: `plain` turns that and the pooled class off, the plain
+MaskFormer head as a control). Writes mask_recipe[_STEPS].json, .md and .png to --out.
+Nothing asserts on time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+import latentseg_utils as u
+from latentseg import benchmarking as bm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROWS = {
+    "default": {},
+    "plain": {"compete": False, "pooled_class": False},
+    "coords": {"coords": True},
+    "semantic": {"semantic_weight": 1.0},
+    "deep": {"deep_supervision": True},
+    "8 latents": {"num_latents": 8},
+    "no-object 0.3": {"no_object_weight": 0.3},
+}
+MEANING = {
+    "default": "u.MaskLatentSegNet(), its defaults",
+    "plain": "control: MaskFormer's own head (compete=False, pooled_class=False)",
+    "coords": "x, y channels in the per-pixel mask embedding (coords=True)",
+    "semantic": "auxiliary per-pixel semantic loss (semantic_weight=1.0)",
+    "deep": "loss after every round + masked attention (deep_supervision=True)",
+    "8 latents": "8 latents instead of 16 (num_latents=8)",
+    "no-object 0.3": "'no object' weighs 0.3 in the class loss instead of 0.1",
+}
+MEASURES = ("pq", "sq", "rq", "claimed_once", "class_accuracy", "latents_used")
+
+
+def measure_on(variant: str, split: str, n: int):
+    """measure(model, images, labels) for u.run_seeds: u.mask_head_scores on `split`."""
+    instances = u.make_split(variant, split, num_images=n, instances=True)[2]
+
+    def measure(model, images, labels) -> dict:
+        return u.mask_head_scores(model, images, labels, instances)
+    return measure
+
+
+def builder(options: dict):
+    return lambda: u.MaskLatentSegNet(**options)
+
+
+def mean_of(row, key) -> float:
+    values = [m[key] for m in row["measured"]]
+    return sum(values) / len(values)
+
+
+def compare(row, base) -> str:
+    """PQ against `default` by the series' finding rule."""
+    if row is base or len(row["seeds"]) < 3 or row["seeds"] != base["seeds"]:
+        return ""
+    pq, base_pq = ([m["pq"] for m in r["measured"]] for r in (row, base))
+    gap = sum(pq) / len(pq) - sum(base_pq) / len(base_pq)
+    return f"{gap:+.3f}, " + ("a finding" if u.is_finding(pq, base_pq) else
+                              "no measurable difference")
+
+
+def plot(rows):
+    """PQ per seed of every row (one dot per seed, a bar at the mean). Returns the figure."""
+    plt = bm.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
+    for i, r in enumerate(rows):
+        values = [m["pq"] for m in r["measured"]]
+        ax.scatter([i] * len(values), values, color="#0072B2", s=16)
+        ax.hlines(sum(values) / len(values), i - 0.25, i + 0.25, color="#0072B2")
+    ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("PQ, shapes validation set")
+    ax.set_title(f"Mask head, one change per row ({rows[0]['steps']} steps), one dot per seed")
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(rows, stem, meta) -> str:
+    base = next((r for r in rows if r["model"] == "default"), None)
+    lines = [f"Mask head, one change per row: shapes **validation** set, {meta['steps']} steps, "
+             f"seeds {meta['seeds']} (`python benchmarks/mask_recipe.py`). PQ compared with "
+             "`default` by the finding rule (`u.is_finding`).", "",
+             "| row | what changes | PQ per seed | PQ mean | spread | against default | "
+             "SQ | RQ | claimed once | class acc. on claimed | latents used | mIoU mean |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        pq = [m["pq"] for m in r["measured"]]
+        lines.append(
+            f"| {r['model']} | {MEANING.get(r['model'], '')} | "
+            f"{', '.join(f'{v:.3f}' for v in pq)} | {sum(pq) / len(pq):.3f} | "
+            f"{max(pq) - min(pq):.3f} | {compare(r, base) if base else ''} | "
+            f"{mean_of(r, 'sq'):.3f} | {mean_of(r, 'rq'):.3f} | "
+            f"{100 * mean_of(r, 'claimed_once'):.1f}% | {100 * mean_of(r, 'class_accuracy'):.1f}% | "
+            f"{mean_of(r, 'latents_used'):.1f} | {r['mean']:.3f} |")
+    return bm.write_results(stem, meta, rows, "\n".join(lines) + "\n", plot(rows))
+
+
+def main(argv=None) -> int:
+    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=800,
+                            smoke="2 steps, batch 2, 8 validation images, two rows")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    args = parser.parse_args(argv)
+    name = "mask_recipe" if args.steps == 800 else f"mask_recipe_{args.steps}"
+    stem = bm.results_stem(args, name)
+    if args.merge:
+        meta, rows = bm.merge_results(args.merge, lambda r: list(ROWS).index(r["model"]))
+        print(write_outputs(rows, stem, meta))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = {"steps": args.steps, "eval_images": 256}
+    rows_wanted = args.rows
+    if args.smoke:
+        options = {"steps": 2, "eval_images": 8, "batch_size": 2}
+        rows_wanted = ["default", "deep"]
+    meta = bm.run_metadata("mask_recipe", argv, u.get_device(), split="validation",
+                           steps=options["steps"], seeds=args.seeds)
+    done = []
+
+    def on_row(row):                      # partial results survive an interrupted run
+        done.append(row)
+        pq = ", ".join(f"{m['pq']:.3f}" for m in row["measured"])
+        print(f"{row['model']}: PQ per seed {pq}", flush=True)
+        write_outputs(done, stem, meta)
+
+    u.run_seeds({r: builder(ROWS[r]) for r in rows_wanted}, ["shapes"], seeds=tuple(args.seeds),
+                split="validation", measure=measure_on("shapes", "validation",
+                                                       options["eval_images"]),
+                on_row=on_row, **options)
+    print(write_outputs(done, stem, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
