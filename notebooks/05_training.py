@@ -19,15 +19,16 @@
 # # 05 · Training that learns: the faithful model, its diagnosis, and each fix measured
 #
 # After this notebook you can train the tutorial's model, measure what might hold it back, and
-# rebuild it, one measured change at a time, into a model that reaches over 0.90 held-out mIoU.
+# rebuild it, one measured change at a time, into a model that reaches over 0.90 held-out mIoU (mean over the classes of
+# intersection over union).
 # The lesson: **a diagnosis can mislead; an ablation decides.** Section 3's measurements point at
 # the attention, yet the fixes they suggest make no measurable difference in their own steps;
-# BatchNorm, which none of them points to, first lifts the model. You will also see attention
-# make a network *worse* (steps 3-6), and where it pays: far from the pixel (section 6).
+# BatchNorm, which none of them points to, first lifts the model. On the shapes data, attention
+# makes no measurable difference (step 3 against 3'); it makes the model *worse* only with
+# small objects at step 5, a gap step 6 closes, and it pays far from the pixel (section 6).
 #
 # **Run time:** eighteen trainings, about six minutes on the CPU this copy was run on (the
-# tables' `seconds` column). A GPU is far faster, and retrains the two multi-seed grids only if
-# you set `RERUN_GRIDS_ON_GPU = True`.
+# tables' `seconds` column). A GPU is far faster.
 
 # %%
 # Setup. In Colab: install the series' modules from the repository, pinned to a release tag,
@@ -54,10 +55,8 @@ if "google.colab" in sys.modules:
         print(f"installed {LATENTSEG_PACKAGE}; nothing else needed (all present)")
 
 # %% [markdown]
-# Imports, the seed, and the device: a GPU if you have one, else the CPU (this copy ran on a
-# CPU). `RERUN_GRIDS_ON_GPU` decides what a GPU does with the multi-seed grids of sections 4 and
-# 6: off (the default), it draws their committed results, as a CPU does; on, it retrains them,
-# 63 trainings, about four times this notebook's other training steps.
+# Imports, the seed, and the device: a GPU if you have one, else the CPU. `RERUN_GRIDS_ON_GPU` (off by default) makes a GPU retrain the multi-seed grids of sections 4
+# and 6 instead of drawing their committed results.
 
 # %%
 import math
@@ -89,9 +88,10 @@ RERUN_GRIDS_ON_GPU = False        # True: on a GPU, retrain the two multi-seed g
 # hundredths, at this budget sometimes by more than a tenth. So the repository's benchmarks train
 # each comparison on seeds 0, 1 and 2; this notebook shows their committed results. A model's
 # **spread** is the range of its scores over the seeds, max minus min (`u.seed_summary`). Model A
-# against model B is a **finding** (`u.is_finding`, at least 3 seeds) when A minus B has the same
-# sign on every seed and the gap between their means exceeds the larger of the two spreads;
-# otherwise it is "no measurable difference". Every verdict below is this rule's.
+# against model B is a **finding** (`u.is_finding`, at least 3 seeds) when A minus B, seed by seed (the seeds
+# are paired), has the same sign on every seed and the gap between their means exceeds the larger of the two spreads;
+# otherwise it is "no measurable difference". In the grids, A is the row, B the row in its
+# `against` column.
 #
 # `run` seeds, builds, trains and scores one model, and adds its row to `table`.
 
@@ -179,8 +179,8 @@ plt.show()
 # ### 3a. Does the attention attend to anything?
 #
 # A uniform softmax over K items has entropy $\ln K$; we divide the measured entropy by it (1.0:
-# spread evenly, 0: one item), for the latents reading the 256 pixels and the pixels reading the
-# 16 experts.
+# spread evenly, 0: one item), for the latents reading the 256 tokens (a 16×16 grid at stride 4, one token per 4×4 block,
+# on 64×64 images) and the pixels reading the 16 experts (the latents after the attention).
 
 # %%
 with torch.no_grad():
@@ -197,8 +197,7 @@ print(f"latents reading pixels:  entropy {latent_entropy:.3f} of the maximum")
 print(f"pixels reading experts:  entropy {pixel_entropy:.3f} of the maximum")
 
 # %% [markdown]
-# The pixels' weights over the 16 experts are close to uniform, which matters because of the next
-# question.
+# The pixels' weights over the 16 experts are close to uniform.
 #
 # ### 3b. Is there any route around the attention?
 #
@@ -263,8 +262,7 @@ print(f"best mIoU a stride-4 prediction + x4 bilinear upsample can reach: {ceili
 # ## 4. The fixes, one at a time
 #
 # Each step switches on one option of `u.LatentSegNetAblation` (the fields of
-# `u.AblationOptions`) and trains `ABLATION_STEPS`; the section ends with the final model written
-# out, `u.LatentSegNet`.
+# `u.AblationOptions`) and trains `ABLATION_STEPS`.
 #
 # ### Step 1a: the tutorial's design, in `LatentSegNet`'s parts
 #
@@ -287,9 +285,10 @@ _ = run("1a the tutorial's design, LatentSegNet parts", lambda: u.LatentSegNetAb
 #
 # - **1b, a residual**, `x = x + Attention(x, context)`: the route around the attention; a pixel
 #   keeps its feature and attention *adds* context.
-# - **1c, LayerNorm** before each attention and MLP ("pre-norm") and on the tokens leaving the
+# - **1c, LayerNorm** before each attention and MLP ("pre-norm": normalise a branch's
+#   input, not its output) and on the tokens leaving the
 #   attention, so the residual sums keep a steady scale.
-# - **1d, an MLP** after each attention, `x = x + MLP(LayerNorm(x))`, on every token alone.
+# - **1d, an MLP** (two linear layers, a GELU between) after each attention, `x = x + MLP(LayerNorm(x))`, on every token alone.
 #
 # Here is the block, with the pieces as switches (`detach_query` is step 6's).
 
@@ -383,7 +382,8 @@ _ = run("1e' BatchNorm alone: 1a + BatchNorm", lambda: u.LatentSegNetAblation(**
 show_table(table[-2:])
 
 # %% [markdown]
-# BatchNorm lifts the model, here and over three seeds: 1e against 1d and 1e' against 1a are both
+# BatchNorm lifts the model, here and over three seeds (this section's last
+# table): 1e against 1d and 1e' against 1a are both
 # findings, and 1e beats 1e' on every seed by more than either spread. So BatchNorm lifts the
 # tutorial's design alone, and further with the block whose pieces did nothing measurable in
 # their own steps: which change looks like "the fix" depends on the order of the steps. (Why the
@@ -391,7 +391,8 @@ show_table(table[-2:])
 #
 # ### Step 1f: a full-resolution stem
 #
-# The tutorial's first convolution runs at full resolution with 32 channels. `stem=True` puts a
+# Notebook 01 showed that the tutorial's first convolution runs at full resolution with 32
+# channels. `stem=True` puts a
 # cheap 3×3 convolution with 8 channels there, then one convolution per stage after each pool: a
 # wider window for each encoder cell (step 5), and full-resolution features for step 3.
 
@@ -416,9 +417,8 @@ _ = run("1g + encoder features beside the attention", lambda: u.LatentSegNetAbla
 #
 # A 2-D sinusoidal code of each token's (x, y), from -1 to 1 across the grid: at 4 frequencies, a
 # sine and a cosine of x and of y, 16 numbers that a learned linear map (`position_proj`) adds to
-# the token. In the figure, look at how the lowest frequency changes slowly across the grid and
-# the highest alternates several times, and how `sin y` varies down the grid where `sin x` varies
-# across it: no two tokens get the same mix.
+# the token. In the figure, look at how `sin y` varies down the grid where `sin x` varies across it, slowly
+# at the lowest frequency, fast at the highest: no two tokens get the same mix.
 
 # %%
 def positions(h, w, num_frequencies=4):
@@ -471,18 +471,20 @@ show_table(table[-2:])
 
 # %% [markdown]
 # In this run's validation column, step 3 falls well below step 2 (full table, end of this
-# section) and below its twin without attention; over three seeds neither gap is a finding.
+# section) and below its twin without attention; over three seeds (this section's
+# last table) neither gap is a finding.
 #
-# ### Why attention can make a network worse
+# ### Why attention might make a network worse
 #
 # A hypothesis: attention offers an easy global cue (each pixel's colour against the rest of the
 # image separates objects from background), and its gradient pulls the encoder's convolutions
 # toward it, away from the edges and corners that tell shapes apart. In the confusion matrices
 # (held-out set; rows are the true class, columns the prediction), look at the object rows: with
-# attention, almost no object pixel is called background, but the three shapes are split between
+# attention, few object pixels are called background (a
+# tenth of the triangle's at most), but the three shapes are split between
 # "circle" and "square" and "triangle" is never predicted; without, more object pixels are lost
-# to background, but most triangle pixels are called triangle. That fits the hypothesis; steps 5
-# and 6 test it.
+# to background, but most triangle pixels are called triangle. That fits the hypothesis without
+# showing it; step 5 probes it, step 6 tests it.
 
 # %%
 confusions = {"step 3 (with attention)": step3_scores["confusion"],
@@ -508,7 +510,7 @@ plt.show()
 # The first remedy gives the convolutions their own teacher: a 1×1 convolution classifies the
 # encoder's features before any attention, and its cross-entropy, weight 0.5, is added to the
 # training loss (`local_loss=0.5`, `LatentSegNet.training_loss`; not used for prediction). In
-# this run's validation column it wins back most of what step 3 lost to 3'; but over three seeds
+# this run's validation column it wins back most of what step 3 lost to 3'; but over three seeds (this section's last table)
 # step 4 against step 3 is no measurable difference, and in section 6 a model with the local loss
 # still loses to its twin without attention: a remedy tried, not one shown to work.
 
@@ -520,7 +522,8 @@ _ = run("4  + local loss on the encoder", lambda: u.LatentSegNetAblation(**step4
 # %% [markdown]
 # ### Step 5: a deeper encoder
 #
-# The tutorial's encoder cells see a 10×10 window (notebook 01), smaller than most shapes; the
+# Notebook 01 showed that the tutorial's encoder cells see a 10×10 window, smaller than most
+# shapes; the
 # stem widens it, and two convolutions per stage (`encoder_depth=2`) more. With notebook 01's
 # formula, walking the layers in order, a layer with kernel $k$ adds $(k - 1)\,j$, where $j$ is
 # the stride so far.
@@ -543,10 +546,8 @@ for label, depth in (("steps 1f-4 (encoder_depth=1)", 1), ("step 5     (encoder_
 # While step 5 trains, we probe the hypothesis. Every 25 steps, on a fixed batch it never trains
 # on, we take the encoder's gradient of the training loss in two copies given the model's
 # current weights: one as it is, one with the attention's path into the encoder cut (step 6's
-# switch). The copies run in training mode (BatchNorm uses the batch's statistics, as in
-# training); the model itself is never touched. The cut copy's gradient is the **pixel path**:
-# through the residual route and the fuse, and through the local loss. The rest comes **through
-# the attention**. We record both sizes and their cosine (negative: the attention pulls against
+# switch). The copies run in training mode; the model itself is never touched. The cut copy's gradient is the **pixel path**
+# (residual, fuse, local loss); the rest comes **through the attention**. We record both sizes and their cosine (negative: the attention pulls against
 # the pixel path).
 
 # %%
@@ -607,10 +608,12 @@ print(f"cosine between them: first {encoder_gradients['cosine'][0]:+.2f}, "
       f"last {encoder_gradients['cosine'][-1]:+.2f}")
 
 # %% [markdown]
-# If the hypothesis holds, the part through the attention is large enough to matter (left panel;
-# the printed ratios sum it up) and its cosine with the pixel path is below zero (right panel).
-# Whatever the panels show, this is one seed and one model, and a gradient says which way the
-# attention pulls, not whether the pull does harm. Step 6 removes it.
+# If the hypothesis held, the part through the attention would be large enough to matter (left
+# panel) and its cosine with the pixel path would fall below zero (right panel). The probe does
+# not show that: the cosine is +0.03 at the first check and +0.06 at the last, the right panel
+# swings to both sides of zero, and the attention's part falls to 0.16 of the pixel path's. So
+# the probe does not confirm the hypothesis: this diagnosis is not supported. The ablation
+# decides: step 6 removes the pull.
 
 # %% [markdown]
 # ### Step 6: the attention reads the encoder without teaching it
@@ -633,8 +636,7 @@ _ = run("6  + attention reads without teaching", lambda: u.LatentSegNetAblation(
 #
 # Step 6 has a possible price: a cue that only the attention needs (section 6's small coloured
 # key) has no reason to survive convolutions that learn only for the pixel path. So the latents
-# also read each 4×4 block's mean colour through a learned linear map (`colour_tokens=True`), as
-# Perceiver IO's latents read the raw input. This is `u.AblationOptions()` with its defaults: the
+# also read each 4×4 block's mean colour through a learned linear map (`colour_tokens=True`). This is `u.AblationOptions()` with its defaults: the
 # final model, `u.LatentSegNet()`.
 
 # %% tags=["nbval-ignore-output"]
@@ -653,7 +655,9 @@ print("steps 1a-7 are the module's u.ABLATION_STEPS (benchmarks/ablation.py trai
 # ### The final model, written out
 #
 # The steps assembled into one model from the parts above, each line marked with its step. The
-# module's `u.LatentSegNet` is written the same way, without switches.
+# module's `u.LatentSegNet` is written the same way, without switches. Steps 1g, 2, 3 and 4
+# stay, though none of them alone is a finding: the later steps were measured on a design that has
+# them, and the final model keeps that design.
 
 # %%
 def conv_bn_relu(c_in, c_out):                                                 # 1e: BatchNorm
@@ -767,10 +771,11 @@ print("final model beats the tutorial's by more than 0.4:",
 # ### The same table over three seeds
 #
 # `benchmarks/ablation.py` trains every row above (`u.ablation_rows()`, 300 steps) on seeds 0, 1
-# and 2, scores it on the validation set, and judges it against the row it changes. The next cell
-# shows its committed results as a table and a figure, or retrains them with `u.run_seeds` (see
-# `RERUN_GRIDS_ON_GPU`), printing each row as its seeds finish. In the figure, look at where
-# neighbouring columns' dots overlap and where they jump apart.
+# and 2, scores it on the validation set, and judges it against the row it changes. The next cell shows its committed results
+# (or retrains them with `u.run_seeds`). The benchmark ran with `--threads 1`;
+# with another thread count, float sums are reduced in another order, so the same seed trains
+# another model: compare this notebook's rows with the grid's spread, not its seed 0. In the
+# figure, look at where neighbouring columns' dots overlap and where they jump apart.
 
 # %% tags=["nbval-ignore-output"]
 import json
@@ -803,9 +808,9 @@ if ablation_grid:
 # %% [markdown]
 # Four rows are findings: BatchNorm in both orders (1e, 1e'), the stem (1f) and the deeper encoder
 # (5). Every other step is no measurable difference, and so is step 7 against its twin without
-# attention (7'). Row 1a sits on the floor on every seed, like row 0. The one-seed gaps at steps 3
-# and 4 do not survive three seeds, and step 5's wide spread comes from one seed far below the
-# other two.
+# attention (7'). The one-seed gaps at steps 3
+# and 4 do not survive three seeds, and step 5's wide spread comes from one of the grid's seeds
+# far below the other two.
 
 # %% [markdown]
 # The final model's curves and predictions. Look at how the loss falls steeply for about a
@@ -848,10 +853,11 @@ for name, a, b in zip(u.CLASS_NAMES, final_scores["per_class_iou"], final_plain_
     print(f"  {name:<10} {a:.3f} vs {b:.3f}")
 
 # %% [markdown]
-# That gap is one seed's test score: a report. Over three seeds on validation, step 7 against its
+# That gap, computed from the unrounded scores, is one seed's test score: a
+# report. Over three seeds on validation, step 7 against its
 # twin (7') is no measurable difference, and so is `final` against `twin` on the small-objects
 # variant (end of this section). A likely reason, not measured: a pixel's class here depends on
-# the shape around it, which step 5's encoder sees by itself.
+# the shape around it, which the encoder sees by itself.
 #
 # Attention should pay where a pixel's class depends on something far away. In the long-range
 # variants of `u.DATA_VARIANTS`, a cue's colour (`u.KEY_COLORS`: red, green, blue) names the one
@@ -869,10 +875,9 @@ for variant in u.LONG_RANGE_VARIANTS:
 # %% [markdown]
 # To see *where* attention pays, we score object pixels (truth or prediction not background) by
 # their distance from the cue (`u.cue_distance`, `u.accuracy_by_distance`): beyond about half a
-# window, only the attention can bring the cue. `benchmarks/attention_distance.py` trains the
-# final model and its twin on both variants (800 steps, seeds 0, 1, 2; test sets); the next cell
-# draws its committed results (or retrains them), then judges final against twin in each band with
-# `u.is_finding`. In each panel, follow the two lines from the cue outwards.
+# window, only the attention can bring the cue. `benchmarks/attention_distance.py` trains final and twin on both
+# variants (800 steps, three seeds, test sets); the next cell draws its results and judges each
+# band with `u.is_finding`. In each panel, follow the two lines from the cue outwards.
 
 # %% tags=["nbval-ignore-output"]
 DISTANCE_RESULTS = "../benchmarks/results/attention_distance.json"   # in a clone of the repository
@@ -919,8 +924,7 @@ if distance_grid:
 # pixels, where its window no longer reaches the frame, while the final model stays about level;
 # yet the twin already trails next to the frame, which the window does not explain. The corner key
 # breaks the simple picture: both models are *least* accurate next to the square, the twin most
-# of all, exactly where its cells could see the cue (why, this benchmark does not measure); and
-# the final model's seeds lie further apart there (its dots).
+# of all, exactly where its cells could see the cue (why, this benchmark does not measure).
 #
 # ### Why steps 6 and 7 stay: the data variants
 #
@@ -928,10 +932,9 @@ if distance_grid:
 # `benchmarks/robustness.py`, which trains every model on three seeds on variants the ablation
 # never saw. With small objects, the model before step 6 (`attached`) loses to its twin, its seeds
 # far apart; step 6 (`no-colour`) beats `attached` and is no measurable difference from the twin.
-# With the corner key, step 6 alone gains nothing over the twin; step 7 (`final`) does. Copied
-# from `benchmarks/results/robustness_validation.md` (validation, 800 steps, seeds 0, 1, 2);
-# "mean-ablated" replaces the attention's output by its mean over the evaluation set: how much a
-# model relies on what its attention says about each image.
+# With the corner key, step 6 alone gains nothing over the twin; step 7 (`final`) does. From
+# `benchmarks/results/robustness_validation.md` (validation, 800 steps, seeds 0, 1, 2);
+# "mean-ablated" replaces the attention's output by its mean over the evaluation set.
 #
 # | data | model | mIoU per seed | mean | spread | worst | mean-ablated |
 # |---|---|---|---:|---:|---:|---:|
@@ -944,15 +947,12 @@ if distance_grid:
 # | corner_key | no-colour | 0.705, 0.712, 0.710 | 0.709 | 0.007 | 0.705 | 0.656 |
 # | corner_key | attached | 0.775, 0.698, 0.707 | 0.727 | 0.077 | 0.698 | 0.411 |
 #
-# The test-set grid, with its pass/fail gates, is in the README.
-#
 # ## 7. Try it yourself: the training panel
 #
-# Train a model in seconds to a minute on a CPU: set the latents, heads, width, learning rate,
+# Train a model in seconds to a minute on a CPU. Set the latents, heads, width, learning rate,
 # steps, batch size and model (the series', the tutorial's, or the series' without attention).
-# The live plot shows the loss and held-out mIoU while it trains, the prediction panel the result;
-# a setting that cannot work (a width the heads do not divide) is explained there and cannot be
-# started.
+# The live plot shows the loss and held-out mIoU; a setting that cannot work (a width the heads
+# do not divide) is explained and cannot be started.
 
 # %% tags=["widget-panel", "nbval-ignore-output"]
 import latentseg_widgets as uw
@@ -968,8 +968,9 @@ panel
 #   diagnosis proposes; the ablation decides.
 # - Over three seeds, four steps are findings: BatchNorm in either order, the full-resolution stem
 #   and the deeper encoder.
-# - Attention can make a network worse (small objects, before step 6); cutting its gradient into
-#   the encoder (step 6) closed that gap, where the local loss did not, and reading the blocks'
+# - Attention made the model worse on small objects before step 6; cutting its gradient into the
+#   encoder (step 6) closed that gap, where the local loss did not (step 5's gradient probe did not
+#   show the pull that would explain why), and reading the blocks'
 #   colours (step 7) lets the model find a small cue.
 # - Attention adds nothing measurable on the shapes data, and wins in every band of distance from
 #   the cue where the answer lies far away.
@@ -1061,12 +1062,9 @@ u.plot_predictions(heldout[0][worst:worst + 1], heldout[1][worst:worst + 1],
 plt.show()
 
 # %% [markdown]
-# In the figure (as this copy was run), look at the errors column: the missed pixels are the part
-# of the triangle that lies over the circle, which the model calls circle.
+# Run the solution: in its figure, look at the errors column. Which object are the missed pixels
+# on, and what does the model call them?
 
 # %% [markdown]
-# **Going further** (each trains models): train `u.LatentSegNet(rounds=2)` with `run` on the
-# shapes data and on a long-range variant (`data=u.variant_data("corner_key")`,
-# `validation=u.make_split("corner_key", "validation")`,
-# `heldout=u.make_split("corner_key", "test")`), and repeat step 4 with other weights of the
+# **Going further** (each trains models): train `u.LatentSegNet(rounds=2)` with `run` on the shapes data and on the corner-key variant (`u.variant_data`, `u.make_split`), and repeat step 4 with other weights of the
 # local loss. Would a difference you find be a finding?

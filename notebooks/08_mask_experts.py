@@ -1086,8 +1086,8 @@ print("matched latents (segment order):", rows[cols.argsort()].tolist(),
 # **Panoptic quality** (*Panoptic Segmentation*, Kirillov et al., CVPR 2019) matches a predicted
 # and a true object of one class when their IoU is above one half. Per shape class, SQ is the mean
 # IoU of the matches, RQ = TP / (TP + FP/2 + FN/2) from the matched (TP), false (FP) and missed (FN)
-# objects, and PQ = SQ × RQ, averaged over the three shapes (the printed counts are summed, so RQ
-# worked out from them is not the printed RQ). For "which shape", the final model's owner is each
+# objects, and PQ = SQ × RQ, averaged over the three shapes (the printed counts are summed over the shapes, so RQ worked
+# out from them is the pooled value, which can differ from the printed average; here they agree). For "which shape", the final model's owner is each
 # 4×4 token's main expert (notebook 06), the mask head's `u.mask_owner` per pixel.
 
 # %%
@@ -1273,8 +1273,8 @@ if recipe_results is not None:
 # Only `deep` is a finding. No other row differs measurably from `default`, not even `plain`,
 # MaskFormer's own head without section 1's two changes.
 #
-# The same comparison on one seed: the head without deep supervision, trained like `mask_model`
-# (about a minute and a half), both scored on the validation set. One seed shows the size of the
+# The same comparison on one seed: the head without deep supervision, trained like `mask_model`,
+# both scored on the validation set. One seed shows the size of the
 # change; the table decides.
 
 # %% tags=["nbval-ignore-output"]

@@ -18,12 +18,12 @@
 #
 # # 09 · Finer experts: DeepSeekMoE's fine-grained segmentation, tried on our latents
 #
-# The tutorial speaks of "fine-grained expert segmentation". In DeepSeekMoE that phrase means
-# splitting the experts of a mixture of experts into more, smaller ones. After this notebook you can
-# say what that split does for routed experts, build the closest analogue our model allows (the same
-# latent width split into more, narrower latents), measure whether it makes the latents more
-# specialised, and build a routed mixture of experts with a shared expert to see what our latents
-# lack.
+# The tutorial whose model this series rebuilds (notebook 01) speaks of "fine-grained expert
+# segmentation". In DeepSeekMoE that phrase means splitting the experts of a mixture of experts into
+# more, smaller ones. After this notebook you can say what that split does for routed experts, build
+# the closest analogue our model allows (the same latent width split into more, narrower latents),
+# measure whether it makes the latents more specialised, and build a routed mixture of experts with
+# a shared expert to see what our latents lack.
 #
 # **Run time:** about three minutes on a quiet 2-core CPU (three short trainings in section 3, under
 # a minute each); well under a minute on a GPU.
@@ -35,8 +35,8 @@
 #    must agree.
 # 3. Three splits of the same latent width, trained and measured: their accuracy, and how many
 #    latents each class really uses.
-# 4. A routed mixture of experts with a shared expert, DeepSeekMoE-style: the same parameters and
-#    compute as a conventional one, and far more combinations of experts.
+# 4. A routed mixture of experts with a shared expert, DeepSeekMoE-style: the same expert parameters
+#    and compute per token as a conventional one, and far more combinations of experts.
 #
 # The first code cell is the series' setup. In Colab it installs the series' modules with pip
 # (pinned to a release) and then only what Colab lacks. On your own machine it does nothing: the
@@ -91,44 +91,45 @@ plt.rcParams["figure.dpi"] = 72   # small committed figures
 #
 # In *DeepSeekMoE: Towards Ultimate Expert Specialization in Mixture-of-Experts Language Models*
 # (Dai et al., 2024), "segmentation" means **splitting experts**, not images. A mixture-of-experts
-# (MoE) layer replaces a transformer's feed-forward network by N expert networks, and a router
-# sends each token to its top K (the paper's N and K, not our pixels and latents). DeepSeekMoE
-# makes two changes:
+# (MoE) layer replaces a transformer's feed-forward network (the MLP applied to each token) by $N_e$
+# expert networks, and a router sends each token to its top $K_e$ (e for experts; everywhere else K
+# and N are our latents and tokens). DeepSeekMoE makes two changes:
 #
-# - **Fine-grained expert segmentation:** split each expert into m smaller ones, each 1/m as
-#   wide, and route each token to m times as many. That gives mN experts with the top mK active,
-#   at the same parameters and the same compute. Far more combinations become possible: with N = 16
-#   experts and 2 active there are 120, with 64 and 8 active there are 4,426,165,368. So experts
-#   can specialise more finely.
+# - **Fine-grained expert segmentation:** split each expert into m smaller ones, each 1/m as wide,
+#   and route each token to m times as many. That gives $mN_e$ experts with the top $mK_e$ active,
+#   at the same expert parameters and the same compute per token. Far more combinations become
+#   possible: with 16 experts and 2 active there are 120, with 64 and 8 active there are
+#   4,426,165,368. So experts can specialise more finely.
 # - **Shared experts:** $K_s$ experts are always on, to hold common knowledge, so the routed ones
 #   need not each relearn it.
 #
 # At the 2B scale (m = 4: 1 shared and 63 routed experts, 7 routed ones active per token), the
-# DeepSeekMoE paper (Dai et al., 2024) reports a Pile loss of 1.808 against 1.867 for GShard with
-# the same total and active parameters, and performance comparable to a GShard with 1.5× the
-# expert parameters and computation.
+# DeepSeekMoE paper (Dai et al., 2024) reports a Pile loss (language-model loss on the Pile text
+# corpus) of 1.808 against 1.867 for GShard (Google's 2020 mixture-of-experts transformer) with the
+# same total and active parameters, and performance comparable to a GShard with 1.5× the expert
+# parameters and computation.
 #
-# **What our model can and cannot borrow.** The tutorial calls its latents "experts", but
-# they are not experts in the MoE sense. A latent has no weights of its own, only a starting
-# vector. Every pixel mixes *all* of them densely through a softmax, nothing is routed, and nothing
-# is load-balanced. The Perceiver paper's reading fits them better: cluster centres that the
-# pixels are grouped around. What *does* carry over is the split itself: the **same total latent width,
-# divided into more, smaller latents, at the same attention compute**. If that helps
-# specialisation, each class of pixels should come to rely on a smaller share of the latents. Top-k
-# routing, load balancing and the compute savings of sparsity do **not** carry over, so we make no
-# claim about them.
+# **What our model can and cannot borrow.** The tutorial calls its latents "experts", but they are
+# not experts in the MoE sense. A latent has no weights of its own, only a starting vector. Every
+# pixel mixes *all* of them densely through a softmax, nothing is routed, and there is no
+# load-balancing loss (a penalty that spreads the tokens evenly over the experts). The Perceiver
+# paper's reading fits them better: cluster centres that the pixels are grouped around. What *does*
+# carry over is the split itself: the **same total latent width, divided into more, smaller latents,
+# at the same attention compute**. If that helps specialisation, each class of pixels should come to
+# rely on a smaller share of the latents. Top-k routing, load balancing and the compute savings of
+# sparsity do **not** carry over, so we make no claim about them.
 
 # %% [markdown]
 # ## 2. A model whose latents can be narrower than its tokens
 #
 # In `u.LatentSegNet` every latent has the tokens' width D = 64. To split K × 64 into (mK) × (64/m)
 # we need latents of width d < D. `WidthBlock` is the series' `AttentionBlock` with the attention
-# computed at width d. When latents read the pixels, the latents are the queries at width d, and
-# the pixel tokens are projected down to d as keys and values. When pixels read the latents, each
+# computed at width d. When latents read the pixels, the latents are the queries at width d, and the
+# pixel tokens are projected down to d as keys and values. When pixels read the latents, each
 # pixel's query is projected down to d, attends, and its answer is projected back up to D. The
-# attention core, K·N scores of width d in each direction, then costs the same for 16 × 64,
-# 32 × 32 and 64 × 16. The rest gets cheaper as d shrinks: the projections, and the latents' own
-# MLP, which works at width d (the parameter counts in section 4 show it).
+# attention core, K·N scores in each direction, each a dot product of width d, costs the same for
+# 16 × 64, 32 × 32 and 64 × 16. The rest needs fewer parameters as d shrinks: the projections, and
+# the latents' own MLP, which works at width d (the parameter counts in section 4 show it).
 #
 # When d = D the projections are left out, and `WidthBlock` is `u.AttentionBlock`; the check
 # below tests it.
@@ -191,7 +192,8 @@ class FineGrainedLatentSegNet(u.LatentSegNet):
 
 
 # %% [markdown]
-# The checks below, and the mixture of experts in section 5, need a batch of images and what the
+# The checks below, and the mixture of experts in section 5, need a batch of the series' shapes
+# images (every pixel one of four classes: background, circle, square, triangle) and what the
 # latents read. We catch the inputs of `reads[0]` in an untrained `u.LatentSegNet` with a forward
 # hook: the starting latents and the pixel tokens (the encoder's tokens plus their positions plus a
 # projection of each 4×4 block's mean colour, as notebook 05 built them). A hook sees exactly what
@@ -253,10 +255,11 @@ print("WidthBlock(64, 64, 64) is u.AttentionBlock(64): same names", block_names,
 # each head, and this experiment cannot tell their effects apart.
 #
 # Each is trained as in notebook 05: AdamW, learning rate 3e-3 with warm-up and cosine decay,
-# batches of 16, seed 0, and scored on the fixed held-out set. To fit three trainings into this
+# batches of 16, seed 0, and scored on the fixed held-out set by mIoU (intersection over union of
+# predicted and true pixels, per class, averaged over the classes). To fit three trainings into this
 # notebook's CPU budget each gets **500 steps** instead of the final model's 800, so the scores need
-# not reach the final model's. The cell after the table in section 4 prints that model's score,
-# read from notebook 05's checkpoint when the file is there. The scores are for one seed each: read
+# not reach the final model's. The cell after the table in section 4 prints that model's score, read
+# from notebook 05's checkpoint when the file is there. The scores are for one seed each: read
 # differences of a hundredth or two as noise, not as a ranking (set both seeds in `train_variant` to
 # 1 to see the spread).
 
@@ -278,7 +281,8 @@ def train_variant(num_latents, width):
 
 
 # %% [markdown]
-# 16 latents of width 64, the series' final model (one cell per training keeps each progress bar short):
+# 16 latents of width 64, the series' final model (one cell per training keeps each progress bar
+# short; the saved progress bar may show 0/500: the line after it says the training ran):
 
 # %% tags=["nbval-ignore-output"]
 train_variant(16, 64)
@@ -339,9 +343,11 @@ def normalised_entropy(p):
 
 
 # %% [markdown]
-# The table. The attention-core cost is counted by formula: K·N scores and K·N weighted sums, each
-# of width d, in both directions, for the N = 256 tokens of one 64×64 image. Parameters and seconds
-# are measured.
+# The table. The attention-core cost is counted by formula, in MACs (multiply-accumulates): K·N
+# scores and K·N weighted sums, each of width d, in both directions, for the N = 256 tokens of one
+# 64×64 image. Parameters are counted. Seconds are this machine's wall time for one training run,
+# and noisy: they need not follow the parameter count (32 × 32 took longest here with fewer
+# parameters than 16 × 64).
 
 # %%
 results = []
@@ -367,9 +373,11 @@ for r in results:
     print(f"  {r['name']:<10}" + "".join(f"{n} {float(h):.3f}   " for n, h in zip(u.CLASS_NAMES, r["class_entropy"])))
 
 # %% [markdown]
-# The figure. At the top is each variant's usage matrix: a row per class, a column per latent,
-# with the latents sorted by the class that uses them most. Each entry is multiplied by K, so 1
-# (white) means the uniform share 1/K. Below are the specialisation per class and the held-out mIoU.
+# The figure. At the top is each variant's usage matrix: a row per class, a column per latent, with
+# the latents sorted by the class that uses them most. Each entry is multiplied by K, so 1 (white)
+# means the uniform share 1/K. Below are the specialisation per class and the held-out mIoU. In the
+# lower-left chart, look for the one bar that falls clearly below the dashed line: the background of
+# 16 × 64.
 
 # %%
 fig = plt.figure(figsize=(11, 7), layout="constrained")
@@ -406,9 +414,10 @@ fig.suptitle("Fine-grained latents: same total width split into more, smaller la
 plt.show()
 
 # %% [markdown]
-# The measured facts, printed from the table, and notebook 05's final model for comparison. Each
-# row is one training run, so these are this copy's numbers: small differences can flip on
-# another machine or another seed.
+# The measured facts, printed from the table, and notebook 05's final model for comparison. Each row
+# is one training run, so differences of a hundredth or two between the splits are noise and can
+# flip on another machine or seed. The splits trained 500 steps against the final model's 800, so
+# "below it" in the last line is about the training budget, not about the split.
 
 # %%
 mious = [r["miou"] for r in results]
@@ -443,23 +452,22 @@ except (FileNotFoundError, ValueError, KeyError):
 # effective number of latents per class averages 92% of K in 16 × 64 and 95% in 64 × 16. The
 # exception is the background in 16 × 64 (0.906 in the per-class list), which uses only about three
 # quarters of the latents; that is why the check "every class spreads over at least 80% of the
-# latents" prints False. The heat maps show the same. Most entries are pale (a share close to 1/K),
-# apart from the background row of 16 × 64, which leans strongly on a few latents and avoids several
-# others. The latents that stand out are favoured by the background, or by the shapes together (in 64
-# × 16 the circle most of all), so what little structure there is separates objects from background
-# rather than one shape from another. Notebook 06 measured the same on the fully trained model. The
-# held-out mIoU of the three splits lies within 0.005, one seed each: no measurable difference.
+# latents" prints False. In the heat maps most entries are pale (a share close to 1/K). In this run
+# each panel has one exception: in 16 × 64 the background row leans strongly on a few latents and
+# avoids several others; in 32 × 32 one latent (the leftmost column) is favoured by every class, a
+# shared latent; in 64 × 16 a group of latents is favoured by the shapes together, the circle most
+# of all. None tells one shape from another. Notebook 06 found the same weak, hardly shape-wise
+# specialisation in the fully trained model. The held-out mIoU of the three splits lies within
+# 0.005, one seed each: no measurable difference.
 #
 # That is what the differences listed in section 1 predict. DeepSeekMoE's experts specialise because
 # a router sends each token to only a few of them, so each expert's own weights are trained only on
 # its tokens. Our latents have no weights of their own, every pixel reads all of them, and no loss
-# asks them to share out the work. The data may add a reason of its own. Notebook 05's ablation
-# found, over three seeds, that on this data attention adds nothing measurable. Its likely reason,
-# that the convolutions see a wide window around each pixel by themselves, is a diagnosis, and
-# notebook 05 also showed how a diagnosis can mislead: only an ablation decides. If it holds, it
-# leaves the latents little reason to specialise. Fine-grained segmentation is a property of *routed*
-# experts. A dense softmax over latents is not a mixture of experts, and splitting it more finely did
-# not bring that benefit here.
+# asks them to share out the work. The data may add a reason: notebook 05's ablation found, over
+# three seeds, that on this data attention adds nothing measurable, which leaves the latents little
+# reason to specialise. Fine-grained segmentation is a property of *routed* experts. A dense softmax
+# over latents is not a mixture of experts, and splitting it more finely did not bring that benefit
+# here.
 
 # %% [markdown]
 # ## 5. A routed mixture of experts with a shared expert, DeepSeekMoE-style
@@ -562,17 +570,17 @@ print("output shape", tuple(y.shape), "= input shape", tuple(moe_tokens.shape))
 #
 # ## Summary
 #
-# - DeepSeekMoE splits experts into more, smaller routed experts, plus shared ones, at equal
-#   parameters and compute. The router can then choose among far more combinations of experts
-#   (section 5 counts them), so each expert can specialise more finely.
+# - DeepSeekMoE splits experts into more, smaller routed experts, plus shared ones, at equal expert
+#   parameters and compute per token. The router can then choose among far more combinations of
+#   experts (section 5 counts them), so each expert can specialise more finely.
 # - Our analogue splits the same latent width into more, narrower latents (and, with 4 heads kept,
 #   narrower heads) at equal attention compute. Measured here, with one seed per split, it made no
-#   measurable difference to accuracy and did not make the latents more class-specific: most
-#   classes still spread over nearly all of them, and the one that leans most on a few latents,
-#   the background, does so in the coarsest split, 16 × 64.
+#   measurable difference to accuracy and did not make the latents more class-specific: most classes
+#   still spread over nearly all of them, and the one that leans most on a few latents, the
+#   background, does so in the coarsest split, 16 × 64.
 # - Routing, sparsity and load balancing, which make DeepSeekMoE's experts specialise, have no
-#   counterpart in our model: its latents have no weights of their own and every pixel reads all
-#   of them. Notebook 08 tries another way to make latents specialise: each latent answers for one
+#   counterpart in our model: its latents have no weights of their own and every pixel reads all of
+#   them. Notebook 08 tries another way to make latents specialise: each latent answers for one
 #   segment.
 #
 # ## Exercises

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from notebook_cells import code_cells, is_checked, is_ignored, source
+from notebook_cells import (check_hidden_solutions, check_opening, code_cells, is_checked,
+                            is_ignored, source)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "07_beyond.ipynb")
@@ -21,14 +22,9 @@ def committed():
 
 def test_anatomy(committed):
     cells = committed["cells"]
-    assert cells[0]["cell_type"] == "markdown" and source(cells[0]).startswith("[![Open In Colab]")
-    assert source(cells[0]).split("\n\n", 1)[1].startswith("# 07 "), "the title follows the badge"
-    assert "Run time" in source(cells[0]) and "What you will learn" in source(cells[0])
     with open(os.path.join(ROOT, "notebooks", ".setup_cell.txt")) as f:
-        assert source(cells[1]) == f.read().rstrip("\n")
+        check_opening(committed, "07", f.read())
     code = code_cells(committed)
-    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), \
-        "execute the notebook top to bottom once before committing"
     for c in code:
         for out in c["outputs"]:
             assert out["output_type"] != "error", source(c)[:80]
@@ -76,8 +72,4 @@ def test_the_checks_are_compared(committed):
 
 
 def test_solutions_are_hidden_and_keep_no_output(committed):
-    solutions = [c for c in code_cells(committed) if source(c).startswith("# @title Solution")]
-    assert len(solutions) == 2
-    for cell in solutions:
-        assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True
-        assert cell["outputs"] == []
+    check_hidden_solutions(committed, 2)
