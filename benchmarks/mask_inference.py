@@ -5,7 +5,8 @@ And what does the simplest instance method, connected components, reach on the s
     python benchmarks/mask_inference.py --variants shapes crowded
     python benchmarks/mask_inference.py --smoke         # a tiny run (what the tests run)
 
-For each seed it trains `u.MaskLatentSegNet()` and `u.LatentSegNet()` with the series' recipe
+For each seed it trains `u.MaskLatentSegNet(**RECIPE)` (the options benchmarks/mask_recipe.py
+chose on validation, as in benchmarks/mask_experts.py) and `u.LatentSegNet()` with the series' recipe
 (`u.run_seeds`, scored on the validation split) and measures, with no retraining:
 - the mask head with its plain inference (`u.predict_instances`), and with Mask2Former's
   panoptic inference (`u.panoptic_inference`: keep a latent only if its class is not "no
@@ -30,7 +31,10 @@ import latentseg_utils as u
 from latentseg import benchmarking as bm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = {"mask-head": lambda: u.MaskLatentSegNet(), "final": lambda: u.LatentSegNet()}
+sys.path.insert(0, HERE)
+from mask_experts import RECIPE  # noqa: E402  (one place for the recipe)
+
+MODELS = {"mask-head": lambda: u.MaskLatentSegNet(**RECIPE), "final": lambda: u.LatentSegNet()}
 SCORE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9)
 OVERLAP_THRESHOLDS = (0.0, 0.5, 0.8)
 MIN_AREAS = (0, 16, 32)
@@ -92,7 +96,8 @@ def ceiling(variant: str, n: int) -> dict:
 
 
 def report(rows: list, ceilings: dict, meta: dict) -> str:
-    lines = [f"Mask head inference and connected components, {meta['steps']} steps, seeds "
+    lines = [f"Mask head (`u.MaskLatentSegNet(**{meta.get('recipe', {})})`) inference and "
+             f"connected components, {meta['steps']} steps, seeds "
              f"{meta['seeds']} (`python benchmarks/mask_inference.py`). Settings chosen on the "
              "validation split; the test split only reports.", "",
              "| data | method | validation PQ per seed | validation mean | test PQ per seed | "
@@ -155,7 +160,8 @@ def main(argv=None) -> int:
                             measure=measures_for(variant, n), eval_images=n, **options)
     ceilings = {v: ceiling(v, n) for v in args.variants}
     meta = bm.run_metadata("mask_inference", argv, u.get_device(), split="validation, test",
-                           steps=options["steps"], seeds=args.seeds, ceilings=ceilings)
+                           steps=options["steps"], seeds=args.seeds, ceilings=ceilings,
+                           recipe=RECIPE)
     print(bm.write_results(stem, meta, rows, report(rows, ceilings, meta), plot(rows)))
     return 0
 

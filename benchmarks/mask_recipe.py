@@ -3,7 +3,7 @@
     python benchmarks/mask_recipe.py                       # every row, 3 seeds, 800 steps
     python benchmarks/mask_recipe.py --rows default coords --threads 1 --out /tmp/a   # part
     python benchmarks/mask_recipe.py --merge a.json b.json # one results file from the parts
-    python benchmarks/mask_recipe.py --rows default --steps 2000   # the longer budget
+    python benchmarks/mask_recipe.py --rows default deep --steps 2000   # the longer budget
     python benchmarks/mask_recipe.py --smoke               # a tiny run (what the tests run)
 
 Each row is `u.MaskLatentSegNet(**options)` with one option changed from the default head
@@ -12,15 +12,20 @@ instance maps, and scored on the shapes VALIDATION set (design choices never loo
 set): semantic mIoU, and `u.mask_head_scores` (PQ, SQ, RQ, objects claimed by exactly one
 latent, class accuracy on claimed objects, latents used). Each row is compared with `default`
 by the series' finding rule (`u.is_finding` on PQ: the same sign on every seed and a gap of the
-means above both spreads); otherwise "no measurable difference". The rows come from the
-anchors: Mask2Former (deep supervision, masked attention), SOLO / CoordConv (coordinates in
-the mask embedding), ReMaX / MaX-DeepLab (an auxiliary semantic loss), Slot Attention
+means above both spreads); otherwise "no measurable difference". The rows named "deep + ..."
+add one change to `deep` (the one finding against `default`) and are compared with it. The
+rows come from the anchors: Mask2Former (deep supervision, masked attention), SOLO / CoordConv
+(coordinates in the mask embedding), ReMaX / MaX-DeepLab (an auxiliary semantic loss), DINO /
+Panoptic-DeepLab (latents that start at the peaks of a centre heatmap), Slot Attention
 (latents that compete for pixels: `plain` turns that and the pooled class off, the plain
-MaskFormer head as a control). Writes mask_recipe[_STEPS].json, .md and .png to --out.
+MaskFormer head as a control). A run with another --steps also compares each row with itself
+at 800 steps (the committed benchmarks/results/mask_recipe.json): slow, or wrong? Writes
+mask_recipe[_STEPS].json, .md and .png to --out.
 Nothing asserts on time.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -30,6 +35,7 @@ import latentseg_utils as u
 from latentseg import benchmarking as bm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_STEPS = 800
 ROWS = {
     "default": {},
     "plain": {"compete": False, "pooled_class": False},
@@ -38,6 +44,12 @@ ROWS = {
     "deep": {"deep_supervision": True},
     "8 latents": {"num_latents": 8},
     "no-object 0.3": {"no_object_weight": 0.3},
+    # on top of the one finding above: each row adds one change to `deep`
+    "deep + coords": {"deep_supervision": True, "coords": True},
+    "deep + heatmap": {"deep_supervision": True, "heatmap_queries": True},
+    "deep + semantic": {"deep_supervision": True, "semantic_weight": 1.0},
+    "deep + 8 latents": {"deep_supervision": True, "num_latents": 8},
+    "deep + no-object 0.3": {"deep_supervision": True, "no_object_weight": 0.3},
 }
 MEANING = {
     "default": "u.MaskLatentSegNet(), its defaults",
@@ -47,7 +59,20 @@ MEANING = {
     "deep": "loss after every round + masked attention (deep_supervision=True)",
     "8 latents": "8 latents instead of 16 (num_latents=8)",
     "no-object 0.3": "'no object' weighs 0.3 in the class loss instead of 0.1",
+    "deep + coords": "deep, and x, y channels in the mask embedding",
+    "deep + heatmap": "deep, and latents start at the peaks of a learned centre heatmap "
+                      "(heatmap_queries=True)",
+    "deep + semantic": "deep, and the auxiliary semantic loss",
+    "deep + 8 latents": "deep, with 8 latents",
+    "deep + no-object 0.3": "deep, with 'no object' weighing 0.3",
 }
+
+
+def base_of(name: str) -> str:
+    """The row a row is compared with: `deep` for the rows stacked on it, else `default`."""
+    return "deep" if name.startswith("deep + ") else "default"
+
+
 MEASURES = ("pq", "sq", "rq", "claimed_once", "class_accuracy", "latents_used")
 
 
@@ -70,13 +95,23 @@ def mean_of(row, key) -> float:
 
 
 def compare(row, base) -> str:
-    """PQ against `default` by the series' finding rule."""
-    if row is base or len(row["seeds"]) < 3 or row["seeds"] != base["seeds"]:
+    """PQ of `row` against `base` (a row, or None) by the series' finding rule."""
+    if base is None or row is base or len(row["seeds"]) < 3 or row["seeds"] != base["seeds"]:
         return ""
     pq, base_pq = ([m["pq"] for m in r["measured"]] for r in (row, base))
     gap = sum(pq) / len(pq) - sum(base_pq) / len(base_pq)
     return f"{gap:+.3f}, " + ("a finding" if u.is_finding(pq, base_pq) else
                               "no measurable difference")
+
+
+def default_budget_rows(steps: int) -> dict:
+    """The committed rows at the default budget (benchmarks/results/mask_recipe.json) by name,
+    for a run with another budget to be compared with, row by row; {} where there are none."""
+    path = os.path.join(HERE, "results", "mask_recipe.json")
+    if steps == DEFAULT_STEPS or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {r["model"]: r for r in json.load(f)["results"]}
 
 
 def plot(rows):
@@ -96,19 +131,26 @@ def plot(rows):
 
 
 def write_outputs(rows, stem, meta) -> str:
-    base = next((r for r in rows if r["model"] == "default"), None)
+    shorter = default_budget_rows(meta["steps"])
+    extra = f" Beside it, each row against itself at {DEFAULT_STEPS} steps " \
+            "(benchmarks/results/mask_recipe.json)." if shorter else ""
     lines = [f"Mask head, one change per row: shapes **validation** set, {meta['steps']} steps, "
              f"seeds {meta['seeds']} (`python benchmarks/mask_recipe.py`). PQ compared with "
-             "`default` by the finding rule (`u.is_finding`).", "",
-             "| row | what changes | PQ per seed | PQ mean | spread | against default | "
+             "its base by the finding rule (`u.is_finding`): `default` for the first rows, `deep` "
+             "(the one finding among them) for the rows stacked on it." + extra, "",
+             "| row | what changes | PQ per seed | PQ mean | spread | against its base | "
+             + (f"against {DEFAULT_STEPS} steps | " if shorter else "") +
              "SQ | RQ | claimed once | class acc. on claimed | latents used | mIoU mean |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---|" + ("---|" if shorter else "") +
+             "---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         pq = [m["pq"] for m in r["measured"]]
+        base = next((b for b in rows if b["model"] == base_of(r["model"])), None)
+        longer = f"{compare(r, shorter.get(r['model']))} | " if shorter else ""
         lines.append(
             f"| {r['model']} | {MEANING.get(r['model'], '')} | "
             f"{', '.join(f'{v:.3f}' for v in pq)} | {sum(pq) / len(pq):.3f} | "
-            f"{max(pq) - min(pq):.3f} | {compare(r, base) if base else ''} | "
+            f"{max(pq) - min(pq):.3f} | {compare(r, base)} | {longer}"
             f"{mean_of(r, 'sq'):.3f} | {mean_of(r, 'rq'):.3f} | "
             f"{100 * mean_of(r, 'claimed_once'):.1f}% | {100 * mean_of(r, 'class_accuracy'):.1f}% | "
             f"{mean_of(r, 'latents_used'):.1f} | {r['mean']:.3f} |")
@@ -116,11 +158,11 @@ def write_outputs(rows, stem, meta) -> str:
 
 
 def main(argv=None) -> int:
-    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=800,
-                            smoke="2 steps, batch 2, 8 validation images, two rows")
+    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=DEFAULT_STEPS,
+                            smoke="2 steps, batch 2, 8 validation images, three rows")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     args = parser.parse_args(argv)
-    name = "mask_recipe" if args.steps == 800 else f"mask_recipe_{args.steps}"
+    name = "mask_recipe" if args.steps == DEFAULT_STEPS else f"mask_recipe_{args.steps}"
     stem = bm.results_stem(args, name)
     if args.merge:
         meta, rows = bm.merge_results(args.merge, lambda r: list(ROWS).index(r["model"]))
@@ -132,7 +174,7 @@ def main(argv=None) -> int:
     rows_wanted = args.rows
     if args.smoke:
         options = {"steps": 2, "eval_images": 8, "batch_size": 2}
-        rows_wanted = ["default", "deep"]
+        rows_wanted = ["default", "deep", "deep + heatmap"]
     meta = bm.run_metadata("mask_recipe", argv, u.get_device(), split="validation",
                            steps=options["steps"], seeds=args.seeds)
     done = []

@@ -46,6 +46,10 @@ class MaskLatentSegNet(nn.Module):
                     and masked attention from the second round on: each latent reads only the
                     pixels inside its previous mask, or all of them when that mask is empty
                     (Mask2Former)
+      heatmap_queries  the latents start at the image's objects: an objectness head on the
+                    encoder's tokens learns a centre heatmap (Panoptic-DeepLab), and latent k
+                    starts as its learned vector plus the token at the k-th strongest peak
+                    (DINO's query selection)
 
     training_loss(images, labels, instances): Hungarian matching of latents to the image's
     segments, class cross-entropy ("no object" down-weighted by no_object_weight), mask
@@ -61,7 +65,7 @@ class MaskLatentSegNet(nn.Module):
                  stem_dim: int = 8, no_object_weight: float = 0.1, class_weight: float = 2.0,
                  mask_weight: float = 5.0, dice_weight: float = 5.0, compete: bool = True,
                  pooled_class: bool = True, coords: bool = False, semantic_weight: float = 0.0,
-                 deep_supervision: bool = False):
+                 deep_supervision: bool = False, heatmap_queries: bool = False):
         super().__init__()
         check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
                         rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
@@ -76,7 +80,8 @@ class MaskLatentSegNet(nn.Module):
                            no_object_weight=no_object_weight, class_weight=class_weight,
                            mask_weight=mask_weight, dice_weight=dice_weight, compete=compete,
                            pooled_class=pooled_class, coords=coords,
-                           semantic_weight=semantic_weight, deep_supervision=deep_supervision)
+                           semantic_weight=semantic_weight, deep_supervision=deep_supervision,
+                           heatmap_queries=heatmap_queries)
         self.in_channels, self.num_classes = in_channels, num_classes
         D = feature_dim
         self.stem = conv_bn_relu(in_channels, stem_dim)
@@ -97,16 +102,20 @@ class MaskLatentSegNet(nn.Module):
                                           nn.Conv2d(mask_dim, mask_dim, 1))
         if semantic_weight > 0:
             self.semantic_head = nn.Conv2d(mask_dim, num_classes, 1)
+        if heatmap_queries:
+            self.objectness = nn.Conv2d(D, 1, 1)
+            self.query_proj = nn.Linear(D, D)
 
     def predict_masks(self, x: torch.Tensor):
         """-> class logits [B, K, num_classes + 1], mask logits [B, K, H, W]."""
         return self.predict_stages(x)[0][-1]
 
     def predict_stages(self, x: torch.Tensor):
-        """-> (stages, semantic): stages a list of (class logits, mask logits), one per
+        """-> (stages, extra): stages a list of (class logits, mask logits), one per
         supervised stage (with deep_supervision: the initial latents and each round; else only
-        the output), the last one what predict_masks returns; semantic the per-pixel semantic
-        logits [B, num_classes, H, W] (None without semantic_weight)."""
+        the output), the last one what predict_masks returns; extra a dict of the auxiliary
+        per-pixel outputs the options add: "semantic" logits [B, num_classes, H, W]
+        (semantic_weight), "objectness" logits [B, 1, h, w] on the token grid (heatmap_queries)."""
         check_images(x, self.in_channels)
         H, W = x.shape[-2:]
         stem = self.stem(x)
@@ -124,6 +133,12 @@ class MaskLatentSegNet(nn.Module):
             parts.append(grid.expand(B, -1, -1, -1))
         pixels = self.pixel_refine(torch.cat(parts, dim=1))                # [B, E, H, W]
         latents = self.latents.expand(B, -1, -1)
+        extra = {}
+        if self.config["heatmap_queries"]:
+            extra["objectness"] = self.objectness(local)                    # [B, 1, h, w]
+            peaks = self.peak_tokens(extra["objectness"], latents.shape[1])   # [B, K]
+            picked = tokens.gather(1, peaks[..., None].expand(-1, -1, D))    # [B, K, D]
+            latents = latents + self.query_proj(picked)
         deep = self.config["deep_supervision"]
         stages = [self._predict(latents, local, pixels)] if deep else []
         for read, talk in zip(self.reads, self.talks):
@@ -134,8 +149,18 @@ class MaskLatentSegNet(nn.Module):
                 stages.append(self._predict(latents, local, pixels))
         if not deep:
             stages.append(self._predict(latents, local, pixels))
-        semantic = self.semantic_head(pixels) if hasattr(self, "semantic_head") else None
-        return stages, semantic
+        if hasattr(self, "semantic_head"):
+            extra["semantic"] = self.semantic_head(pixels)
+        return stages, extra
+
+    @staticmethod
+    def peak_tokens(objectness: torch.Tensor, k: int) -> torch.Tensor:
+        """[B, 1, h, w] objectness logits -> [B, k] token indices of the k strongest local
+        maxima (a 3x3 max-pool keeps a peak only where it is the largest of its neighbours),
+        strongest first; the rest of the k from the strongest remaining tokens."""
+        scores = objectness.detach().sigmoid()
+        peaks = scores * (scores == F.max_pool2d(scores, 3, stride=1, padding=1))
+        return (peaks + 1e-3 * scores).flatten(1).topk(k, dim=1).indices
 
     def attention_mask(self, mask_logits: torch.Tensor, size) -> torch.Tensor:
         """Masked attention: [B, K, H, W] mask logits -> [B * heads, K, N], True where a latent
@@ -171,12 +196,36 @@ class MaskLatentSegNet(nn.Module):
         if instances is None:
             raise ValueError("MaskLatentSegNet learns from instance maps: train it on data that "
                              "returns them, e.g. u.variant_data('shapes', instances=True).")
-        stages, semantic = self.predict_stages(images)
+        stages, extra = self.predict_stages(images)
         loss = sum(mask_classification_loss(classes, masks, labels, instances, self.config)
                    for classes, masks in stages) / len(stages)
-        if semantic is not None:
-            loss = loss + self.config["semantic_weight"] * F.cross_entropy(semantic, labels)
+        if "semantic" in extra:
+            loss = loss + self.config["semantic_weight"] * F.cross_entropy(extra["semantic"], labels)
+        if "objectness" in extra:
+            target = _centre_heatmap(instances, extra["objectness"].shape[-2:])
+            loss = loss + F.binary_cross_entropy_with_logits(extra["objectness"][:, 0], target)
         return loss
+
+
+def _centre_heatmap(instances: torch.Tensor, size, sigma: float = 1.0) -> torch.Tensor:
+    """Panoptic-DeepLab's centre heatmap on a coarser grid: instances [B, H, W] (0 = none) ->
+    [B, h, w], at each cell the largest over objects of a Gaussian (sigma in cells) around the
+    object's centre of mass."""
+    B, H, W = instances.shape
+    h, w = size
+    ys = (torch.arange(h, device=instances.device) + 0.5) * H / h - 0.5     # cell centres,
+    xs = (torch.arange(w, device=instances.device) + 0.5) * W / w - 0.5     # in pixels
+    py = torch.arange(H, device=instances.device, dtype=torch.float32)[:, None].expand(H, W)
+    px = torch.arange(W, device=instances.device, dtype=torch.float32)[None, :].expand(H, W)
+    heat = torch.zeros(B, h, w, device=instances.device)
+    for b in range(B):
+        for k in instances[b].unique().tolist():
+            if k > 0:
+                inside = instances[b] == k
+                cy, cx = py[inside].mean(), px[inside].mean()
+                d2 = ((ys[:, None] - cy) ** 2 + (xs[None, :] - cx) ** 2) / (H / h) ** 2
+                heat[b] = torch.maximum(heat[b], torch.exp(-d2 / (2 * sigma ** 2)))
+    return heat
 
 
 def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ def test_smoke_run_writes_results_on_validation(tmp_path):
     data = json.loads((tmp_path / "mask_recipe_smoke.json").read_text())
     assert data["split"] == "validation"
     rows = data["results"]
-    assert [r["model"] for r in rows] == ["default", "deep"]
+    assert [r["model"] for r in rows] == ["default", "deep", "deep + heatmap"]
     assert {"pq", "claimed_once", "class_accuracy"} <= set(rows[0]["measured"][0])
     assert "no measurable difference" in result.stdout or "a finding" in result.stdout
     assert (tmp_path / "mask_recipe_smoke.png").stat().st_size > 1000
@@ -28,3 +28,32 @@ def test_an_unknown_row_is_refused():
     result = subprocess.run([sys.executable, str(SCRIPT), "--rows", "nonsense", "--smoke"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "invalid choice: 'nonsense'" in result.stderr
+
+
+def test_stacked_rows_are_compared_with_deep_and_change_one_option():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mask_recipe", SCRIPT)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    for name, options in recipe.ROWS.items():
+        base = recipe.base_of(name)
+        if name not in (base, "plain"):            # plain: the control, MaskFormer's own head
+            extra = set(options.items()) - set(recipe.ROWS[base].items())
+            assert len(extra) == 1 and set(recipe.ROWS[base].items()) <= set(options.items()), name
+        assert name in recipe.MEANING
+    assert recipe.base_of("deep + coords") == "deep" and recipe.base_of("coords") == "default"
+
+
+def test_a_longer_budget_is_compared_with_the_committed_800_step_rows(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mask_recipe", SCRIPT)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    committed = json.loads((SCRIPT.parent / "results" / "mask_recipe.json").read_text())
+    rows = [r for r in committed["results"] if r["model"] in ("default", "deep")]
+    longer = [dict(r, measured=[dict(m, pq=m["pq"] + 0.5) for m in r["measured"]]) for r in rows]
+    text = recipe.write_outputs(longer, str(tmp_path / "longer"), dict(committed, steps=2000))
+    assert "| against 800 steps |" in text
+    assert "+0.500, a finding" in text.splitlines()[-1]       # deep, 0.5 above itself on every seed
+    text = recipe.write_outputs(rows, str(tmp_path / "same"), committed)
+    assert "against 800 steps" not in text

@@ -240,7 +240,8 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
     x, y, ids = u.make_shapes_batch(2, 32, seed=1, instances=True)
     small = dict(num_latents=6, feature_dim=32, num_heads=2, rounds=2)
     names = set(u.MaskLatentSegNet(**small).state_dict())
-    for options in ({"coords": True}, {"semantic_weight": 0.5}, {"deep_supervision": True}):
+    for options in ({"coords": True}, {"semantic_weight": 0.5}, {"deep_supervision": True},
+                    {"heatmap_queries": True}):
         torch.manual_seed(0)
         model = u.MaskLatentSegNet(**small, **options)
         classes, masks = model.predict_masks(x)
@@ -261,8 +262,8 @@ def test_deep_supervision_predicts_after_every_round_with_masked_attention():
     torch.manual_seed(0)
     model = u.MaskLatentSegNet(num_latents=6, feature_dim=32, num_heads=2, rounds=2,
                                deep_supervision=True).eval()
-    stages, semantic = model.predict_stages(x)
-    assert len(stages) == 3 and semantic is None            # the initial latents, then 2 rounds
+    stages, extra = model.predict_stages(x)
+    assert len(stages) == 3 and extra == {}                 # the initial latents, then 2 rounds
     assert torch.equal(stages[-1][1], model.predict_masks(x)[1])
     # masked attention: a latent reads only inside its mask; an empty mask reads everything
     mask_logits = torch.full((2, 6, 32, 32), -10.0)
@@ -274,3 +275,22 @@ def test_deep_supervision_predicts_after_every_round_with_masked_attention():
     assert torch.equal(blocked[0], blocked[1])             # the same mask for every head
     plain = u.MaskLatentSegNet(num_latents=6, feature_dim=32, num_heads=2, rounds=2)
     assert len(plain.predict_stages(x)[0]) == 1
+
+
+def test_heatmap_queries_start_each_latent_at_a_peak_of_the_centre_heatmap():
+    from latentseg.mask_head import _centre_heatmap
+    instances = torch.zeros(1, 32, 32, dtype=torch.long)
+    instances[0, 4:8, 4:8] = 1                             # centre (5.5, 5.5): cell (1, 1)
+    instances[0, 20:24, 16:20] = 2                         # centre (21.5, 17.5): cell (5, 4)
+    heat = _centre_heatmap(instances, (8, 8))
+    assert heat.shape == (1, 8, 8) and heat.max() <= 1
+    assert heat[0, 1, 1] > 0.99 and heat[0, 5, 4] > 0.99 and heat[0, 7, 0] < 0.01
+    # the strongest local maxima come first; a cell beside a stronger one is not a peak
+    logits = -5.0 - torch.arange(64.0).reshape(1, 1, 8, 8) / 64      # falls toward the end
+    logits[0, 0, 5, 4], logits[0, 0, 1, 1], logits[0, 0, 1, 2] = 3.0, 2.0, 2.5
+    peaks = u.MaskLatentSegNet.peak_tokens(logits, 3)[0].tolist()
+    assert peaks == [5 * 8 + 4, 1 * 8 + 2, 1 * 8 + 1]     # no other peak: the strongest cell
+    x, _, ids = u.make_shapes_batch(2, 32, seed=1, instances=True)
+    model = u.MaskLatentSegNet(num_latents=6, feature_dim=32, num_heads=2, heatmap_queries=True)
+    stages, extra = model.predict_stages(x)
+    assert extra["objectness"].shape == (2, 1, 8, 8)
