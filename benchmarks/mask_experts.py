@@ -3,6 +3,7 @@
     python benchmarks/mask_experts.py            # 3 seeds, 800 steps, shapes and crowded test sets
     python benchmarks/mask_experts.py --threads 1 --models final --out /tmp/a   # part of it
     python benchmarks/mask_experts.py --merge a.json b.json   # one results file from the parts
+    python benchmarks/mask_experts.py --steps 2000   # the longer budget (mask_experts_2000.*)
     python benchmarks/mask_experts.py --smoke    # a tiny run (what the tests run)
 
 `u.MaskLatentSegNet(**RECIPE)` (each latent predicts a class and a mask, MaskFormer's head on
@@ -13,8 +14,8 @@ that touch and occlude each other): semantic mIoU for both; for the mask head al
 `u.mask_head_scores` (PQ = SQ x RQ, the share of test objects claimed by exactly one latent,
 class accuracy on claimed objects, latents used); for LatentSegNet() the PQ of the connected
 components of its class map (the baseline with no latents); for both the share of "which
-shape" that the owning latent tells (`u.specialisation`). Writes mask_experts.json, .md and
-.png to --out and prints the targets (shapes) as PASS/MISS lines. Nothing asserts on time.
+shape" that the owning latent tells (`u.specialisation`). Writes mask_experts[_STEPS].json,
+.md and .png to --out and prints the targets (shapes) as PASS/MISS lines. Nothing asserts on time.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # trains the same (tests/test_notebook_08.py checks that they agree).
 RECIPE: dict = {"deep_supervision": True}
 MODELS = {"mask-head": lambda: u.MaskLatentSegNet(**RECIPE), "final": lambda: u.LatentSegNet()}
+DEFAULT_STEPS = 800
 VARIANTS = ("shapes", "crowded")      # crowded: touching and occluding objects
 
 
@@ -151,12 +153,13 @@ def write_outputs(rows, stem, meta) -> str:
 
 
 def main(argv=None) -> int:
-    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=800,
+    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=DEFAULT_STEPS,
                             smoke="2 steps, batch 2, 8 test images")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
-    stem = bm.results_stem(args, "mask_experts")
+    stem = bm.results_stem(args, "mask_experts" if args.steps == DEFAULT_STEPS
+                           else f"mask_experts_{args.steps}")
     if args.merge:
         meta, rows = bm.merge_results(args.merge, lambda r: (list(VARIANTS).index(r["data"]),
                                                              list(MODELS).index(r["model"])))

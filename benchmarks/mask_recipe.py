@@ -50,6 +50,8 @@ ROWS = {
     "deep + semantic": {"deep_supervision": True, "semantic_weight": 1.0},
     "deep + 8 latents": {"deep_supervision": True, "num_latents": 8},
     "deep + no-object 0.3": {"deep_supervision": True, "no_object_weight": 0.3},
+    "deep + pixel positions": {"deep_supervision": True, "pixel_positions": True},
+    "deep + query positions": {"deep_supervision": True, "query_positions": True},
 }
 MEANING = {
     "default": "u.MaskLatentSegNet(), its defaults",
@@ -65,6 +67,10 @@ MEANING = {
     "deep + semantic": "deep, and the auxiliary semantic loss",
     "deep + 8 latents": "deep, with 8 latents",
     "deep + no-object 0.3": "deep, with 'no object' weighing 0.3",
+    "deep + pixel positions": "deep, and the keys' position code in the mask embedding "
+                              "(pixel_positions=True)",
+    "deep + query positions": "deep, and each latent starts at a point of a grid over the image "
+                              "(query_positions=True)",
 }
 
 

@@ -202,6 +202,12 @@ def peak_memory_bytes(fn) -> "int | None":
 # --merge
 # ---------------------------------------------------------------------------
 
+def _processes(part: dict) -> int:
+    """How many processes produced a results file: 1, or what an earlier merge recorded."""
+    found = re.match(r"(\d+) processes", part.get("run", ""))
+    return int(found.group(1)) if found else 1
+
+
 def merge_results(paths: "list[str]", order) -> "tuple[dict, list[dict]]":
     """Combine results files of parts run side by side (`--merge`).
 
@@ -221,7 +227,7 @@ def merge_results(paths: "list[str]", order) -> "tuple[dict, list[dict]]":
     meta = {k: v for k, v in first.items() if k != "results"}
     # A part's --out is a scratch folder on the machine that ran it: not part of the recipe.
     meta.update(command=" + ".join(re.sub(r" --out \S+", "", p["command"]) for p in parts),
-                run=f"{len(parts)} processes side by side, merged")
+                run=f"{sum(_processes(p) for p in parts)} processes side by side, merged")
     if any("models" in p for p in parts):
         meta["models"] = {k: v for p in parts for k, v in p.get("models", {}).items()}
     return meta, sorted((row for p in parts for row in p["results"]), key=order)

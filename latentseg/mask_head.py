@@ -5,6 +5,7 @@ latentseg.panoptic.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -16,6 +17,9 @@ from latentseg.checks import check_heads, check_images, check_positive
 
 __all__ = ["MaskLatentSegNet", "semantic_scores", "segments_of", "match_segments",
            "mask_classification_loss"]
+
+
+POSITION_CHANNELS = 16            # fourier_positions' default: 4 frequencies, sin and cos of x and y
 
 
 class MaskLatentSegNet(nn.Module):
@@ -50,6 +54,12 @@ class MaskLatentSegNet(nn.Module):
                     encoder's tokens learns a centre heatmap (Panoptic-DeepLab), and latent k
                     starts as its learned vector plus the token at the k-th strongest peak
                     (DINO's query selection)
+      pixel_positions  the keys' position code (fourier_positions, 16 channels) in the
+                    per-pixel mask embedding: a latent that knows where its object is can say so
+                    in its mask
+      query_positions  latent k also carries the position code of the k-th point of a grid
+                    over the image (Mask2Former's query positions, DAB-DETR's anchors), projected
+                    as the keys' positions are: the latents start spread over the image
 
     training_loss(images, labels, instances): Hungarian matching of latents to the image's
     segments, class cross-entropy ("no object" down-weighted by no_object_weight), mask
@@ -65,7 +75,8 @@ class MaskLatentSegNet(nn.Module):
                  stem_dim: int = 8, no_object_weight: float = 0.1, class_weight: float = 2.0,
                  mask_weight: float = 5.0, dice_weight: float = 5.0, compete: bool = True,
                  pooled_class: bool = True, coords: bool = False, semantic_weight: float = 0.0,
-                 deep_supervision: bool = False, heatmap_queries: bool = False):
+                 deep_supervision: bool = False, heatmap_queries: bool = False,
+                 pixel_positions: bool = False, query_positions: bool = False):
         super().__init__()
         check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
                         rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
@@ -81,7 +92,8 @@ class MaskLatentSegNet(nn.Module):
                            mask_weight=mask_weight, dice_weight=dice_weight, compete=compete,
                            pooled_class=pooled_class, coords=coords,
                            semantic_weight=semantic_weight, deep_supervision=deep_supervision,
-                           heatmap_queries=heatmap_queries)
+                           heatmap_queries=heatmap_queries, pixel_positions=pixel_positions,
+                           query_positions=query_positions)
         self.in_channels, self.num_classes = in_channels, num_classes
         D = feature_dim
         self.stem = conv_bn_relu(in_channels, stem_dim)
@@ -98,10 +110,16 @@ class MaskLatentSegNet(nn.Module):
             self.pool_proj = nn.Linear(D, D)
         self.mask_embed = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, mask_dim))
         self.pixel_proj = nn.Conv2d(D, mask_dim, 1)
-        self.pixel_refine = nn.Sequential(conv_bn_relu(mask_dim + stem_dim + 2 * coords, mask_dim),
+        extra_channels = 2 * coords + POSITION_CHANNELS * pixel_positions
+        self.pixel_refine = nn.Sequential(conv_bn_relu(mask_dim + stem_dim + extra_channels, mask_dim),
                                           nn.Conv2d(mask_dim, mask_dim, 1))
         if semantic_weight > 0:
             self.semantic_head = nn.Conv2d(mask_dim, num_classes, 1)
+        if query_positions:
+            side = math.ceil(math.sqrt(num_latents))
+            grid = fourier_positions(side, side)                        # [side * side, 16]
+            self.register_buffer("query_position_codes", grid[torch.linspace(
+                0, side * side - 1, num_latents).round().long()], persistent=False)
         if heatmap_queries:
             self.objectness = nn.Conv2d(D, 1, 1)
             self.query_proj = nn.Linear(D, D)
@@ -131,8 +149,13 @@ class MaskLatentSegNet(nn.Module):
             xs = torch.linspace(-1.0, 1.0, W, device=x.device)
             grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))          # [2, H, W]
             parts.append(grid.expand(B, -1, -1, -1))
+        if self.config["pixel_positions"]:
+            positions = fourier_positions(H, W, device=x.device).T.reshape(-1, H, W)
+            parts.append(positions.expand(B, -1, -1, -1))
         pixels = self.pixel_refine(torch.cat(parts, dim=1))                # [B, E, H, W]
         latents = self.latents.expand(B, -1, -1)
+        if self.config["query_positions"]:
+            latents = latents + self.position_proj(self.query_position_codes)
         extra = {}
         if self.config["heatmap_queries"]:
             extra["objectness"] = self.objectness(local)                    # [B, 1, h, w]

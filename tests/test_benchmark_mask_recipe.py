@@ -57,3 +57,25 @@ def test_a_longer_budget_is_compared_with_the_committed_800_step_rows(tmp_path):
     assert "+0.500, a finding" in text.splitlines()[-1]       # deep, 0.5 above itself on every seed
     text = recipe.write_outputs(rows, str(tmp_path / "same"), committed)
     assert "against 800 steps" not in text
+
+
+def test_merging_parts_keeps_every_row_and_counts_the_processes(tmp_path):
+    """--merge of a merged file and a new part: all rows, sorted as ROWS lists them, and the
+    processes of the earlier merge counted; parts of another grid are refused."""
+    committed = json.loads((SCRIPT.parent / "results" / "mask_recipe.json").read_text())
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    deep = next(r for r in committed["results"] if r["model"] == "deep")
+    first.write_text(json.dumps(dict(committed, run="2 processes side by side, merged",
+                                     results=[r for r in committed["results"] if r is not deep])))
+    second.write_text(json.dumps(dict(committed, run="", results=[deep])))
+    out = tmp_path / "merged"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--merge", str(second), str(first),
+                             "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = json.loads((out / "mask_recipe.json").read_text())
+    assert [r["model"] for r in merged["results"]] == [r["model"] for r in committed["results"]]
+    assert merged["run"] == "3 processes side by side, merged"
+    second.write_text(json.dumps(dict(committed, steps=2000, results=[deep])))
+    result = subprocess.run([sys.executable, str(SCRIPT), "--merge", str(first), str(second),
+                             "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "another split, steps or seeds" in result.stderr

@@ -241,7 +241,8 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
     small = dict(num_latents=6, feature_dim=32, num_heads=2, rounds=2)
     names = set(u.MaskLatentSegNet(**small).state_dict())
     for options in ({"coords": True}, {"semantic_weight": 0.5}, {"deep_supervision": True},
-                    {"heatmap_queries": True}):
+                    {"heatmap_queries": True}, {"pixel_positions": True},
+                    {"query_positions": True}):
         torch.manual_seed(0)
         model = u.MaskLatentSegNet(**small, **options)
         classes, masks = model.predict_masks(x)
@@ -255,6 +256,12 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
         "semantic_head.weight", "semantic_head.bias"}
     with pytest.raises(ValueError, match="semantic_weight=-1"):
         u.MaskLatentSegNet(semantic_weight=-1)
+
+
+def test_query_positions_are_distinct_grid_points_for_any_number_of_latents():
+    for k in (1, 5, 6, 8, 16, 17):
+        codes = u.MaskLatentSegNet(num_latents=k, query_positions=True).query_position_codes
+        assert codes.shape == (k, 16) and len(torch.unique(codes, dim=0)) == k
 
 
 def test_deep_supervision_predicts_after_every_round_with_masked_attention():
