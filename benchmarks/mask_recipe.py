@@ -52,6 +52,7 @@ ROWS = {
     "deep + no-object 0.3": {"deep_supervision": True, "no_object_weight": 0.3},
     "deep + pixel positions": {"deep_supervision": True, "pixel_positions": True},
     "deep + query positions": {"deep_supervision": True, "query_positions": True},
+    "deep + 3 rounds": {"deep_supervision": True, "rounds": 3},
 }
 MEANING = {
     "default": "u.MaskLatentSegNet(), its defaults",
@@ -71,6 +72,7 @@ MEANING = {
                               "(pixel_positions=True)",
     "deep + query positions": "deep, and each latent starts at a point of a grid over the image "
                               "(query_positions=True)",
+    "deep + 3 rounds": "deep, with three rounds of reading instead of two (rounds=3)",
 }
 
 
@@ -123,12 +125,13 @@ def default_budget_rows(steps: int) -> dict:
 def plot(rows):
     """PQ per seed of every row (one dot per seed, a bar at the mean). Returns the figure."""
     plt = bm.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) + 1), 4), dpi=80)
     for i, r in enumerate(rows):
         values = [m["pq"] for m in r["measured"]]
         ax.scatter([i] * len(values), values, color="#0072B2", s=16)
         ax.hlines(sum(values) / len(values), i - 0.25, i + 0.25, color="#0072B2")
-    ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=20)
+    ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=40, ha="right",
+                  fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("PQ, shapes validation set")
     ax.set_title(f"Mask head, one change per row ({rows[0]['steps']} steps), one dot per seed")
