@@ -53,6 +53,7 @@ ROWS = {
     "deep + pixel positions": {"deep_supervision": True, "pixel_positions": True},
     "deep + query positions": {"deep_supervision": True, "query_positions": True},
     "deep + 3 rounds": {"deep_supervision": True, "rounds": 3},
+    "deep + competing reads": {"deep_supervision": True, "competing_reads": True},
 }
 MEANING = {
     "default": "u.MaskLatentSegNet(), its defaults",
@@ -73,6 +74,8 @@ MEANING = {
     "deep + query positions": "deep, and each latent starts at a point of a grid over the image "
                               "(query_positions=True)",
     "deep + 3 rounds": "deep, with three rounds of reading instead of two (rounds=3)",
+    "deep + competing reads": "deep, and the latents compete for the pixels they read, Slot "
+                              "Attention's softmax over the latents (competing_reads=True)",
 }
 
 

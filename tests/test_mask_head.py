@@ -242,7 +242,7 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
     names = set(u.MaskLatentSegNet(**small).state_dict())
     for options in ({"coords": True}, {"semantic_weight": 0.5}, {"deep_supervision": True},
                     {"heatmap_queries": True}, {"pixel_positions": True},
-                    {"query_positions": True}):
+                    {"query_positions": True}, {"competing_reads": True}):
         torch.manual_seed(0)
         model = u.MaskLatentSegNet(**small, **options)
         classes, masks = model.predict_masks(x)
@@ -256,6 +256,23 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
         "semantic_head.weight", "semantic_head.bias"}
     with pytest.raises(ValueError, match="semantic_weight=-1"):
         u.MaskLatentSegNet(semantic_weight=-1)
+
+
+def test_competing_read_divides_each_pixel_among_the_latents():
+    from latentseg.mask_head import CompetingRead
+    torch.manual_seed(0)
+    read = CompetingRead(8)
+    torch.nn.init.zeros_(read.mlp[-1].weight), torch.nn.init.zeros_(read.mlp[-1].bias)  # read alone
+    x, context = torch.randn(1, 2, 8), torch.randn(1, 3, 8)
+    values = read.value(read.norm_context(context))
+    # a latent allowed only pixel 0 takes exactly that pixel's value
+    only_first = torch.tensor([[[False, True, True], [False, False, False]]])
+    assert torch.allclose(read(x, context, only_first)[0, 0] - x[0, 0], values[0, 0], atol=1e-5)
+    # two identical latents split every pixel evenly: both take the plain mean of the values
+    twins = x[:, :1].expand(1, 2, 8)
+    out = read(twins, context) - twins
+    assert torch.allclose(out[0, 0], values[0].mean(0), atol=1e-5)
+    assert torch.allclose(out[0, 0], out[0, 1], atol=1e-6)
 
 
 def test_query_positions_are_distinct_grid_points_for_any_number_of_latents():
