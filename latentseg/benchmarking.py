@@ -19,7 +19,8 @@ import sys
 
 import torch
 
-MERGE_MUST_MATCH = ("split", "steps", "seeds")   # what the parts of one grid have in common
+MERGE_MUST_MATCH = ("split", "steps")   # what the parts of one grid have in common
+PER_SEED = ("miou", "measured")           # a row's lists with one entry per seed
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def read_results(path: str) -> dict:
     with open(path) as f:
         data = json.load(f)
     rows = data.get("results") or [{}]
-    for key in MERGE_MUST_MATCH:
+    for key in ("split", "steps", "seeds"):
         if key not in data and key in rows[0] and all(r.get(key) == rows[0][key] for r in rows):
             data[key] = rows[0][key]
     host = data.get("machine")
@@ -208,29 +209,66 @@ def _processes(part: dict) -> int:
     return int(found.group(1)) if found else 1
 
 
+def _join_seeds(rows: "list[dict]") -> dict:
+    """One row from the rows of one model on one data set that parts ran with other seeds:
+    the per-seed lists (PER_SEED) in seed order, the seconds summed, mean, spread and worst
+    recomputed. Two parts holding the same seed of the same row is an error (a ValueError)."""
+    pairs = sorted((seed, i, r) for r in rows for i, seed in enumerate(r["seeds"]))
+    seeds = [seed for seed, _, _ in pairs]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"{rows[0]['model']} on {rows[0].get('data')} has seeds {seeds} "
+                         "across the parts; each seed of a row may come from one part only")
+    joined = dict(rows[0], seeds=seeds, seconds=sum(r.get("seconds", 0.0) for r in rows))
+    for key in PER_SEED:
+        if key in rows[0]:
+            joined[key] = [r[key][i] for _, i, r in pairs]
+    from latentseg.experiments import seed_summary
+    return {**joined, **seed_summary(joined["miou"])}
+
+
 def merge_results(paths: "list[str]", order) -> "tuple[dict, list[dict]]":
     """Combine results files of parts run side by side (`--merge`).
 
-    Takes the files' paths and `order`, a function from a row to its sort key. Every part must
-    have the first one's split, steps and seeds (those it records); otherwise the error names
-    the part and the process exits with status 2. Returns (metadata, rows): the first part's
-    metadata with the commands joined by " + " (each without its --out folder), "run" saying how many parts were merged and
-    "models" (where parts record one) the union of theirs; the rows of all parts, sorted.
+    Takes the files' paths and `order`, a function from a row to its sort key. Parts may hold
+    other rows (models, data) or other seeds of the same rows (one process per seed, as on a
+    GPU); the rows of one model on one data set are joined seed by seed. Every part must have
+    the first one's split and steps, and every merged row all the seeds of the merge; otherwise
+    the error names the problem and the process exits with status 2. Returns (metadata, rows):
+    the first part's metadata with the commands joined by " + " (each without its --out
+    folder), "seeds" the union of the parts', "run" saying how many parts were merged and
+    "models" (where parts record one) the union of theirs; the rows, joined and sorted.
     """
     parts = [read_results(path) for path in paths]
     first = parts[0]
+    program = os.path.basename(sys.argv[0])
     for part, path in zip(parts, paths):
         if any(part.get(k) != first.get(k) for k in MERGE_MUST_MATCH):
-            print(f"{os.path.basename(sys.argv[0])}: error: {path} has another split, steps or "
-                  f"seeds than {paths[0]}; merge only runs of one grid", file=sys.stderr)
+            print(f"{program}: error: {path} has another split or steps than {paths[0]}; "
+                  "merge only runs of one grid", file=sys.stderr)
+            raise SystemExit(2)
+    groups: dict = {}
+    for row in (row for p in parts for row in p["results"]):
+        groups.setdefault((row["model"], row.get("data")), []).append(row)
+    seeds = sorted({s for p in parts for s in p.get("seeds", [])})
+    try:
+        rows = [_join_seeds(group) for group in groups.values()]
+    except ValueError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    for row in rows:
+        if row["seeds"] != seeds:
+            print(f"{program}: error: {row['model']} on {row.get('data')} has seeds "
+                  f"{row['seeds']}, the merge {seeds}; give every row all the seeds "
+                  "(merge only runs of one grid)", file=sys.stderr)
             raise SystemExit(2)
     meta = {k: v for k, v in first.items() if k != "results"}
     # A part's --out is a scratch folder on the machine that ran it: not part of the recipe.
     meta.update(command=" + ".join(re.sub(r" --out \S+", "", p["command"]) for p in parts),
+                seeds=seeds,
                 run=f"{sum(_processes(p) for p in parts)} processes side by side, merged")
     if any("models" in p for p in parts):
         meta["models"] = {k: v for p in parts for k, v in p.get("models", {}).items()}
-    return meta, sorted((row for p in parts for row in p["results"]), key=order)
+    return meta, sorted(rows, key=order)
 
 
 # ---------------------------------------------------------------------------

@@ -78,4 +78,38 @@ def test_merging_parts_keeps_every_row_and_counts_the_processes(tmp_path):
     second.write_text(json.dumps(dict(committed, steps=2000, results=[deep])))
     result = subprocess.run([sys.executable, str(SCRIPT), "--merge", str(first), str(second),
                              "--out", str(out)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "another split, steps or seeds" in result.stderr
+    assert result.returncode == 2 and "another split or steps" in result.stderr
+
+
+def test_merging_one_process_per_seed_joins_each_row_seed_by_seed(tmp_path):
+    """--merge of parts that each ran other seeds of the same rows (one process per seed, as
+    on a GPU): every row gets all seeds in order, its per-seed lists and summary follow;
+    a seed in two parts, or a row short of a seed, is refused."""
+    committed = json.loads((SCRIPT.parent / "results" / "mask_recipe.json").read_text())
+    rows = [r for r in committed["results"] if r["model"] in ("default", "deep")]
+
+    def part(seed_indices, name, rows=rows):
+        keep = [dict(r, seeds=[r["seeds"][i] for i in seed_indices],
+                     miou=[r["miou"][i] for i in seed_indices],
+                     measured=[r["measured"][i] for i in seed_indices]) for r in rows]
+        path = tmp_path / name
+        path.write_text(json.dumps(dict(committed, seeds=keep[0]["seeds"], run="", results=keep)))
+        return str(path)
+
+    def merge(*paths):
+        return subprocess.run([sys.executable, str(SCRIPT), "--merge", *paths, "--out",
+                               str(tmp_path / "merged")], capture_output=True, text=True,
+                              timeout=120)
+
+    result = merge(part([2], "c.json"), part([0], "a.json"), part([1], "b.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = json.loads((tmp_path / "merged" / "mask_recipe.json").read_text())
+    assert merged["seeds"] == [0, 1, 2] and merged["run"] == "3 processes side by side, merged"
+    for joined, original in zip(merged["results"], rows):
+        assert joined["seeds"] == original["seeds"]
+        assert joined["miou"] == original["miou"] and joined["measured"] == original["measured"]
+        assert abs(joined["mean"] - sum(original["miou"]) / 3) < 1e-12
+    result = merge(part([0, 1], "a.json"), part([1, 2], "b.json"))
+    assert result.returncode == 2 and "each seed of a row may come from one part" in result.stderr
+    result = merge(part([0], "a.json"), part([1], "b.json", rows=rows[:1]))
+    assert result.returncode == 2 and "give every row all the seeds" in result.stderr
