@@ -226,8 +226,9 @@ class MaskLatentSegNet(nn.Module):
             raise ValueError("MaskLatentSegNet learns from instance maps: train it on data that "
                              "returns them, e.g. u.variant_data('shapes', instances=True).")
         stages, extra = self.predict_stages(images)
-        loss = sum(mask_classification_loss(classes, masks, labels, instances, self.config)
-                   for classes, masks in stages) / len(stages)
+        segments = image_segments(labels, instances)             # once, for every stage
+        loss = sum(mask_classification_loss(classes, masks, labels, instances, self.config,
+                                            segments) for classes, masks in stages) / len(stages)
         if "semantic" in extra:
             loss = loss + self.config["semantic_weight"] * F.cross_entropy(extra["semantic"], labels)
         if "objectness" in extra:
@@ -315,6 +316,13 @@ def segments_of(labels: torch.Tensor, instances: torch.Tensor):
     return torch.tensor(classes, dtype=torch.long), torch.stack(masks)
 
 
+def image_segments(labels: torch.Tensor, instances: torch.Tensor) -> list:
+    """`segments_of` every image of a batch, found on the CPU: labels, instances [B, H, W] ->
+    [(classes [S], masks [S, H, W]) per image]."""
+    return [segments_of(image_labels, image_instances)
+            for image_labels, image_instances in zip(labels.cpu(), instances.cpu())]
+
+
 def match_segments(cost: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
     """Hungarian matching: cost [K, S] (K >= S) -> (latent indices, segment indices), each
     segment given the latent that makes the total cost smallest (scipy's
@@ -338,27 +346,38 @@ def _dice(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def mask_classification_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor,
                              labels: torch.Tensor, instances: torch.Tensor,
-                             weights: dict) -> torch.Tensor:
+                             weights: dict, segments: Optional[list] = None) -> torch.Tensor:
     """MaskFormer's loss: per image, match latents to segments (Hungarian, on class
     probability, mask BCE and dice), then class cross-entropy over all latents (unmatched ones
     toward "no object", down-weighted) plus mask BCE and dice over the matched pairs.
+    segments: each image's `segments_of`, if already found (deep supervision reuses them for
+    every round); else they are found here, on the CPU.
+
+    On a GPU the loss waits for it twice, not once per object: once for the segments (on the
+    CPU, where the data is drawn) and once for all the images' matching costs together.
 
     Taught in notebook 08, section "2. Mask classification, built piece by piece".
     """
     B, K, C1 = class_logits.shape
-    class_targets = torch.full((B, K), C1 - 1, dtype=torch.long, device=class_logits.device)
-    mask_losses = []
-    for b in range(B):
-        classes, masks = segments_of(labels[b], instances[b])
-        classes, targets = classes.to(class_logits.device), masks.flatten(1).float()
+    device = class_logits.device
+    if segments is None:
+        segments = image_segments(labels, instances)
+    class_targets = torch.full((B, K), C1 - 1, dtype=torch.long, device=device)
+    pairs, costs = [], []
+    for b, (classes, masks) in enumerate(segments):
+        classes, targets = classes.to(device), masks.flatten(1).float().to(device)
         logits = mask_logits[b].flatten(1)                                  # [K, P]
         with torch.no_grad():
-            cost = (-weights["class_weight"] * class_logits[b].softmax(-1)[:, classes]
-                    + weights["mask_weight"] * F.binary_cross_entropy_with_logits(
-                        logits[:, None].expand(-1, len(classes), -1), targets[None].expand(K, -1, -1),
-                        reduction="none").mean(-1)
-                    + weights["dice_weight"] * _dice(logits.sigmoid(), targets))
-        rows, cols = match_segments(cost)
+            costs.append(-weights["class_weight"] * class_logits[b].softmax(-1)[:, classes]
+                         + weights["mask_weight"] * F.binary_cross_entropy_with_logits(
+                             logits[:, None].expand(-1, len(classes), -1),
+                             targets[None].expand(K, -1, -1), reduction="none").mean(-1)
+                         + weights["dice_weight"] * _dice(logits.sigmoid(), targets))
+        pairs.append((classes, targets, logits))
+    costs_here = torch.cat([c.flatten() for c in costs]).cpu().split([c.numel() for c in costs])
+    mask_losses = []
+    for b, ((classes, targets, logits), cost) in enumerate(zip(pairs, costs_here)):
+        rows, cols = match_segments(cost.view(K, -1))
         class_targets[b, rows] = classes[cols]
         matched, wanted = logits[rows], targets[cols]
         mask_losses.append(weights["mask_weight"] * F.binary_cross_entropy_with_logits(
