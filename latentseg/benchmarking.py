@@ -230,8 +230,8 @@ def merge_results(paths: "list[str]", order) -> "tuple[dict, list[dict]]":
     """Combine results files of parts run side by side (`--merge`).
 
     Takes the files' paths and `order`, a function from a row to its sort key. Parts may hold
-    other rows (models, data) or other seeds of the same rows (one process per seed, as on a
-    GPU); the rows of one model on one data set are joined seed by seed. Every part must have
+    other rows (models, data) or other seeds of the same rows (one process per seed);
+    the rows of one model on one data set are joined seed by seed. Every part must have
     the first one's split and steps, and every merged row all the seeds of the merge; otherwise
     the error names the problem and the process exits with status 2. Returns (metadata, rows):
     the first part's metadata with the commands joined by " + " (each without its --out

@@ -226,7 +226,7 @@ class MaskLatentSegNet(nn.Module):
             raise ValueError("MaskLatentSegNet learns from instance maps: train it on data that "
                              "returns them, e.g. u.variant_data('shapes', instances=True).")
         stages, extra = self.predict_stages(images)
-        segments = image_segments(labels, instances)             # once, for every stage
+        segments = _image_segments(labels, instances)             # once, for every stage
         loss = sum(mask_classification_loss(classes, masks, labels, instances, self.config,
                                             segments) for classes, masks in stages) / len(stages)
         if "semantic" in extra:
@@ -316,7 +316,7 @@ def segments_of(labels: torch.Tensor, instances: torch.Tensor):
     return torch.tensor(classes, dtype=torch.long), torch.stack(masks)
 
 
-def image_segments(labels: torch.Tensor, instances: torch.Tensor) -> list:
+def _image_segments(labels: torch.Tensor, instances: torch.Tensor) -> list:
     """`segments_of` every image of a batch, found on the CPU: labels, instances [B, H, W] ->
     [(classes [S], masks [S, H, W]) per image]."""
     return [segments_of(image_labels, image_instances)
@@ -361,7 +361,7 @@ def mask_classification_loss(class_logits: torch.Tensor, mask_logits: torch.Tens
     B, K, C1 = class_logits.shape
     device = class_logits.device
     if segments is None:
-        segments = image_segments(labels, instances)
+        segments = _image_segments(labels, instances)
     class_targets = torch.full((B, K), C1 - 1, dtype=torch.long, device=device)
     pairs, costs = [], []
     for b, (classes, masks) in enumerate(segments):

@@ -774,7 +774,7 @@ print("final model beats the tutorial's by more than 0.4:",
 # and 2, scores it on the validation set, and judges it against the row it changes. The next cell shows its committed results
 # (or retrains them with `u.run_seeds`). The benchmark ran with `--threads 1`;
 # with another thread count, float sums are reduced in another order, so the same seed trains
-# another model: compare this notebook's rows with the grid's spread, not its seed 0. In the
+# another model (on a GPU some kernels add in another order on every run, so even two runs of one seed differ a little): compare this notebook's rows with the grid's spread, not its seed 0. In the
 # figure, look at where neighbouring columns' dots overlap and where they jump apart.
 
 # %% tags=["nbval-ignore-output"]

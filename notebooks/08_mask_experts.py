@@ -41,8 +41,7 @@
 #
 # **Run time:** about six minutes on a quiet 2-core CPU, mostly two trainings of the mask head
 # (section 3 and section 4.3), when notebook 05's checkpoint
-# (`notebooks/checkpoints/latentsegnet.pt`) is present; without it, about a minute more. Far less
-# on a GPU.
+# (`notebooks/checkpoints/latentsegnet.pt`) is present; without it, about a minute more.
 #
 # **What you will learn**
 # 1. Why latents that read with a softmax over the pixels never have to divide the image, and two

@@ -82,8 +82,8 @@ def test_merging_parts_keeps_every_row_and_counts_the_processes(tmp_path):
 
 
 def test_merging_one_process_per_seed_joins_each_row_seed_by_seed(tmp_path):
-    """--merge of parts that each ran other seeds of the same rows (one process per seed, as
-    on a GPU): every row gets all seeds in order, its per-seed lists and summary follow;
+    """--merge of parts that each ran other seeds of the same rows (one process per seed):
+    every row gets all seeds in order, its per-seed lists and summary follow;
     a seed in two parts, or a row short of a seed, is refused."""
     committed = json.loads((SCRIPT.parent / "results" / "mask_recipe.json").read_text())
     rows = [r for r in committed["results"] if r["model"] in ("default", "deep")]
