@@ -13,9 +13,10 @@ set): semantic mIoU, and `u.mask_head_scores` (PQ, SQ, RQ, objects claimed by ex
 latent, class accuracy on claimed objects, latents used). Each row is compared with `default`
 by the series' finding rule (`u.is_finding` on PQ: the same sign on every seed and a gap of the
 means above both spreads); otherwise "no measurable difference". The rows named "deep + ..."
-add one change to `deep` (the one finding against `default`) and are compared with it. The
+add one change to `deep` (the one finding against `default`) and are compared with it; a row
+named "A + B" is compared with the row A (`base_of`). The
 rows come from the anchors: Mask2Former (deep supervision, masked attention), SOLO / CoordConv
-(coordinates in the mask embedding), ReMaX / MaX-DeepLab (an auxiliary semantic loss), DINO /
+(coordinates in the mask embedding), ReMaX / MaX-DeepLab (an auxiliary semantic loss, and classes read from it), DINO /
 Panoptic-DeepLab (latents that start at the peaks of a centre heatmap), Slot Attention
 (latents that compete for pixels: `plain` turns that and the pooled class off, the plain
 MaskFormer head as a control). A run with another --steps also compares each row with itself
@@ -54,6 +55,8 @@ ROWS = {
     "deep + query positions": {"deep_supervision": True, "query_positions": True},
     "deep + 3 rounds": {"deep_supervision": True, "rounds": 3},
     "deep + competing reads": {"deep_supervision": True, "competing_reads": True},
+    "deep + semantic + classes": {"deep_supervision": True, "semantic_weight": 1.0,
+                                  "semantic_classes": True},
 }
 MEANING = {
     "default": "u.MaskLatentSegNet(), its defaults",
@@ -76,12 +79,15 @@ MEANING = {
     "deep + 3 rounds": "deep, with three rounds of reading instead of two (rounds=3)",
     "deep + competing reads": "deep, and the latents compete for the pixels they read, Slot "
                               "Attention's softmax over the latents (competing_reads=True)",
+    "deep + semantic + classes": "deep + semantic, and each latent's class also read from the "
+                                 "semantic head inside its mask (semantic_classes=True)",
 }
 
 
 def base_of(name: str) -> str:
-    """The row a row is compared with: `deep` for the rows stacked on it, else `default`."""
-    return "deep" if name.startswith("deep + ") else "default"
+    """The row a row is compared with: the row it adds its last " + ..." to (`deep` for
+    "deep + coords", "deep + semantic" for "deep + semantic + classes"), else `default`."""
+    return name.rsplit(" + ", 1)[0] if " + " in name else "default"
 
 
 MEASURES = ("pq", "sq", "rq", "claimed_once", "class_accuracy", "latents_used")
@@ -148,8 +154,8 @@ def write_outputs(rows, stem, meta) -> str:
             "(benchmarks/results/mask_recipe.json)." if shorter else ""
     lines = [f"Mask head, one change per row: shapes **validation** set, {meta['steps']} steps, "
              f"seeds {meta['seeds']} (`python benchmarks/mask_recipe.py`). PQ compared with "
-             "its base by the finding rule (`u.is_finding`): `default` for the first rows, `deep` "
-             "(the one finding among them) for the rows stacked on it." + extra, "",
+             "its base by the finding rule (`u.is_finding`): a row named \"A + B\" against the "
+             "row A, the others against `default`." + extra, "",
              "| row | what changes | PQ per seed | PQ mean | spread | against its base | "
              + (f"against {DEFAULT_STEPS} steps | " if shorter else "") +
              "SQ | RQ | claimed once | class acc. on claimed | latents used | mIoU mean |",

@@ -46,6 +46,8 @@ class MaskLatentSegNet(nn.Module):
                     SOLO): two identical shapes no longer have identical pixel features
       semantic_weight  weight of an auxiliary per-pixel semantic cross-entropy on the mask
                     embedding's pixels (a 1x1 convolution to class logits; ReMaX, MaX-DeepLab)
+      semantic_classes  (with semantic_weight) a latent's class also reads that semantic head:
+                    its class logits add the semantic logits averaged inside its own mask
       deep_supervision  matching and loss after every round, the initial latents included,
                     and masked attention from the second round on: each latent reads only the
                     pixels inside its previous mask, or all of them when that mask is empty
@@ -80,7 +82,7 @@ class MaskLatentSegNet(nn.Module):
                  pooled_class: bool = True, coords: bool = False, semantic_weight: float = 0.0,
                  deep_supervision: bool = False, heatmap_queries: bool = False,
                  pixel_positions: bool = False, query_positions: bool = False,
-                 competing_reads: bool = False):
+                 competing_reads: bool = False, semantic_classes: bool = False):
         super().__init__()
         check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
                         rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
@@ -89,6 +91,9 @@ class MaskLatentSegNet(nn.Module):
             raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes.")
         if semantic_weight < 0:
             raise ValueError(f"semantic_weight={semantic_weight}: give 0 (off) or a positive weight.")
+        if semantic_classes and not semantic_weight:
+            raise ValueError("semantic_classes=True reads the classes from the semantic head, which "
+                             "semantic_weight=0 leaves out: give semantic_weight > 0 as well.")
         self.config = dict(in_channels=in_channels, num_classes=num_classes,
                            feature_dim=feature_dim, num_latents=num_latents, num_heads=num_heads,
                            rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim,
@@ -97,7 +102,8 @@ class MaskLatentSegNet(nn.Module):
                            pooled_class=pooled_class, coords=coords,
                            semantic_weight=semantic_weight, deep_supervision=deep_supervision,
                            heatmap_queries=heatmap_queries, pixel_positions=pixel_positions,
-                           query_positions=query_positions, competing_reads=competing_reads)
+                           query_positions=query_positions, competing_reads=competing_reads,
+                           semantic_classes=semantic_classes)
         self.in_channels, self.num_classes = in_channels, num_classes
         D = feature_dim
         self.stem = conv_bn_relu(in_channels, stem_dim)
@@ -167,18 +173,19 @@ class MaskLatentSegNet(nn.Module):
             peaks = self.peak_tokens(extra["objectness"], latents.shape[1])   # [B, K]
             picked = tokens.gather(1, peaks[..., None].expand(-1, -1, D))    # [B, K, D]
             latents = latents + self.query_proj(picked)
+        if hasattr(self, "semantic_head"):
+            extra["semantic"] = self.semantic_head(pixels)
+        semantic = extra.get("semantic") if self.config["semantic_classes"] else None
         deep = self.config["deep_supervision"]
-        stages = [self._predict(latents, local, pixels)] if deep else []
+        stages = [self._predict(latents, local, pixels, semantic)] if deep else []
         for read, talk in zip(self.reads, self.talks):
             mask = self.attention_mask(stages[-1][1], (h, w)) if deep else None
             latents = read(latents, tokens, attention_mask=mask)           # read the pixels,
             latents = talk(latents, latents)                               # then each other
             if deep:
-                stages.append(self._predict(latents, local, pixels))
+                stages.append(self._predict(latents, local, pixels, semantic))
         if not deep:
-            stages.append(self._predict(latents, local, pixels))
-        if hasattr(self, "semantic_head"):
-            extra["semantic"] = self.semantic_head(pixels)
+            stages.append(self._predict(latents, local, pixels, semantic))
         return stages, extra
 
     @staticmethod
@@ -198,8 +205,10 @@ class MaskLatentSegNet(nn.Module):
         heads = 1 if self.config["competing_reads"] else self.reads[0].attention.num_heads
         return (~inside).repeat_interleave(heads, dim=0)
 
-    def _predict(self, latents: torch.Tensor, local: torch.Tensor, pixels: torch.Tensor):
-        """One stage's class logits and mask logits from the latents [B, K, D]."""
+    def _predict(self, latents: torch.Tensor, local: torch.Tensor, pixels: torch.Tensor,
+                 semantic: Optional[torch.Tensor] = None):
+        """One stage's class logits and mask logits from the latents [B, K, D]; with semantic
+        logits [B, C, H, W] (semantic_classes), the class logits also read them inside each mask."""
         h, w = local.shape[-2:]
         latents = self.norm_latents(latents)                               # [B, K, D]
         masks = torch.einsum("bke,behw->bkhw", self.mask_embed(latents), pixels)
@@ -214,7 +223,12 @@ class MaskLatentSegNet(nn.Module):
             weights = F.adaptive_avg_pool2d(masks.sigmoid(), (h, w)).flatten(2)       # [B, K, N]
             pooled = weights @ local.flatten(2).transpose(1, 2) / weights.sum(-1, keepdim=True).clamp(min=1e-6)
             latents = latents + self.pool_proj(pooled)
-        return self.class_head(latents), masks
+        class_logits = self.class_head(latents)
+        if semantic is not None:
+            weights = masks.sigmoid().flatten(2)                                      # [B, K, P]
+            inside = weights @ semantic.flatten(2).transpose(1, 2) / weights.sum(-1, keepdim=True).clamp(min=1e-6)
+            class_logits = torch.cat([class_logits[..., :-1] + inside, class_logits[..., -1:]], -1)
+        return class_logits, masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         classes, masks = self.predict_masks(x)

@@ -258,6 +258,31 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
         u.MaskLatentSegNet(semantic_weight=-1)
 
 
+def test_semantic_classes_read_the_semantic_head_inside_each_mask():
+    """With semantic_classes a latent's class logits add the semantic head's logits averaged
+    inside its mask: a semantic head that says "class 2" everywhere, loudly, makes every latent
+    say class 2; without the option the same head changes no class logit."""
+    x, y, ids = u.make_shapes_batch(2, 32, seed=1, instances=True)
+    small = dict(num_latents=6, feature_dim=32, num_heads=2, rounds=2, semantic_weight=1.0)
+    for reads in (False, True):
+        torch.manual_seed(0)
+        model = u.MaskLatentSegNet(**small, semantic_classes=reads).eval()
+        before, _ = model.predict_masks(x)
+        with torch.no_grad():
+            model.semantic_head.weight.zero_()
+            model.semantic_head.bias.copy_(torch.tensor([0.0, 0.0, 100.0, 0.0]))
+        after, _ = model.predict_masks(x)
+        if reads:
+            assert (after.argmax(-1) == 2).all()
+            assert torch.equal(after[..., -1], before[..., -1])         # "no object" untouched
+        else:
+            assert torch.equal(after, before)
+    model.training_loss(x, y, ids).backward()                         # the loss reaches it
+    assert model.semantic_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="give semantic_weight > 0 as well"):
+        u.MaskLatentSegNet(semantic_classes=True)
+
+
 def test_competing_read_divides_each_pixel_among_the_latents():
     from latentseg.mask_head import CompetingRead
     torch.manual_seed(0)
