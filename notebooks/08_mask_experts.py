@@ -1269,7 +1269,7 @@ if inference_results is not None:
 # adds one of these options to `deep`, or latents that start from the image (`deep + heatmap`:
 # a 1x1 convolution predicts a heatmap of object centres on the encoder's tokens, and each latent
 # starts as its learned vector plus the token at one of the heatmap's strongest peaks, as the
-# detectors DINO and Panoptic-DeepLab start their queries). The last four rows answer the merges of
+# detectors DINO and Panoptic-DeepLab start their queries). Four more rows answer the merges of
 # section 3.3, a latent that covers two objects. The masks are dot products with pixel features
 # that carry no position code (the keys have one, the pixels do not), so two objects of one shape
 # can look alike to them:
@@ -1279,8 +1279,10 @@ if inference_results is not None:
 # start spread over the image. `deep + 3 rounds` lets the latents read the pixels three times
 # instead of two (Slot Attention iterates three times); `deep + competing reads` makes the
 # latents compete for the pixels when they read them, not only in their masks (Slot Attention's
-# softmax over the latents, in the read). Each row's PQ is compared with its base by the series'
-# rule:
+# softmax over the latents, in the read). The last row reads each latent's class also from
+# `semantic`'s per-pixel class head, averaged inside the latent's mask (as ReMaX does), on top of
+# `deep + semantic`. Each row's PQ is compared by the series' rule with its base: for a row named
+# `A + B`, the row `A`; for the others, `default`:
 
 # %%
 recipe_results = committed_results("mask_recipe")
@@ -1289,11 +1291,11 @@ if recipe_results is not None:
     print(f"validation PQ, {recipe_results['steps']} steps, seeds {recipe_results['seeds']}, "
           f"torch threads {recipe_results['threads']}:")
     for name, pq_seeds in recipe_pq.items():
-        base = "deep" if name.startswith("deep + ") else "default"   # what the row adds to
+        base = name.rsplit(" + ", 1)[0] if " + " in name else "default"   # row "A + B": against A
         finding = u.is_finding(pq_seeds, recipe_pq[base])
         verdict = "" if name == "default" else f"against {base}: " + (
             "a finding" if finding else "no measurable difference")
-        print(f"  {name:<23} {', '.join(f'{v:.3f}' for v in pq_seeds)}  mean "
+        print(f"  {name:<25} {', '.join(f'{v:.3f}' for v in pq_seeds)}  mean "
               f"{u.seed_summary(pq_seeds)['mean']:.3f}  {verdict}")
 
 # %% [markdown]
@@ -1301,8 +1303,9 @@ if recipe_results is not None:
 # MaskFormer's own head without section 1's two changes, and no option added to deep supervision,
 # the heatmap's latents, the two kinds of positions, the third round and the competing reads
 # included. Deep supervision's seeds spread widely at 800 steps, so an option added to it would
-# need a large gap to count: the last four rows' seeds spread less than `deep`'s, but `deep`'s best
-# seed is above every one of them.
+# need a large gap to count: the positions, the third round and the competing reads spread less
+# than `deep`'s seeds, but `deep`'s best seed is above every one of theirs. Reading the classes
+# from the semantic head beats `deep + semantic` on every seed, by less than that row's spread.
 #
 # The same comparison on one seed: the head without deep supervision, trained like `mask_model`,
 # both scored on the validation set. One seed shows the size of the
@@ -1351,7 +1354,7 @@ if recipe_results is not None and long_results is not None:
     print(f"at {steps[1]} steps, PQ:")
     for name in long_pq:
         if name != "default":
-            base = "deep" if name.startswith("deep + ") else "default"
+            base = name.rsplit(" + ", 1)[0] if " + " in name else "default"
             show_finding(f"  {name}", long_pq[name], base, long_pq[base])
 
 # %% [markdown]
