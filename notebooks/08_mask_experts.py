@@ -1332,9 +1332,10 @@ for name, model in (("without deep supervision", without), ("with it (mask_model
 #
 # Every row above trains 800 steps. If the head were wrong, more steps would not help; if it is
 # slow, they would. `python benchmarks/mask_recipe.py --steps 2000` with `--rows default deep
-# "deep + coords" "deep + 8 latents"` (benchmarks/results/mask_recipe_2000.md) trains the two
-# decisive rows, and the two options that came nearest to a finding on top of deep supervision,
-# two and a half times longer, on the same seeds and validation set. The series' rule compares
+# "deep + coords" "deep + 8 latents" "deep + query positions" "deep + competing reads"`
+# (benchmarks/results/mask_recipe_2000.md) trains the two decisive rows, the two options that came
+# nearest to a finding on top of deep supervision, and the two rows aimed at merges with the
+# highest mean at 800 steps, two and a half times longer, on the same seeds and validation set. The series' rule compares
 # each row with itself at 800 steps, then, at 2,000 steps, with its base:
 
 # %%
@@ -1358,11 +1359,12 @@ if recipe_results is not None and long_results is not None:
             show_finding(f"  {name}", long_pq[name], base, long_pq[base])
 
 # %% [markdown]
-# Every row gains PQ and mIoU on every seed, and with deep supervision the seeds agree more
-# closely than at 800 steps. For the two options added to deep supervision the PQ gain is a
-# finding; for `default` and `deep` it is not: `deep`'s seeds spread more than its gain at 800
-# steps, `default`'s at 2,000. A head that was wrong would not gain on every seed, so this one is slow. At 2,000 steps
-# neither option is a finding against `deep`, so the recipe stays deep supervision alone; and no
+# Every row gains mIoU on every seed, and PQ on every seed but one (the competing reads, on seed
+# 1); `deep`'s own seeds agree far more closely than at 800 steps. The PQ gain is a finding for
+# the coordinates, the 8 latents and the query positions; for `default` and `deep` it is not
+# (`deep`'s seeds spread more than its gain at 800 steps, `default`'s at 2,000), nor for the
+# competing reads. A head that was wrong would not gain on every seed, so this one is slow. At
+# 2,000 steps no option is a finding against `deep`, so the recipe stays deep supervision alone; and no
 # row reaches a PQ of 0.75 on any seed, so whether time alone would bring the head to the targets
 # stays open. (The loss curve of section 3
 # looked nearly flat at 800 steps; the scores still move.) The methods this head borrows from
