@@ -24,8 +24,8 @@
 # and measure whether its latents now own segments.
 #
 # **What works and what does not.** The construction works: every piece matches the module, and
-# the competing masks never let two latents claim one object. Of the training changes measured on
-# the validation set, one is a finding (higher on every seed, by a gap larger than both rows' seed
+# the competing masks never let two latents claim one object. Of the design changes measured on
+# the validation set at 800 steps, one is a finding (higher on every seed, by a gap larger than both rows' seed
 # spreads, section 4.3):
 # deep supervision with masked attention (section 2.5), which
 # the head trained here uses. With it the head still misses the three targets of section 3 on every
@@ -37,7 +37,7 @@
 # masks and the pooled class, scores no measurably different PQ (section 4.3). Two and a half times the training budget
 # raises the recipe's (`deep`) validation PQ on every seed, though within its 800-step spread, and no
 # seed reaches the PQ target (section 4.3); on the test set the head then meets the connected
-# components' PQ on both data sets, and on shapes still misses every target (section 5).
+# components' PQ on both data sets (no measurable difference), and on shapes still misses every target (section 5).
 #
 # **Run time:** about six minutes on a quiet 2-core CPU, mostly two trainings of the mask head
 # (section 3 and section 4.3), when notebook 05's checkpoint
@@ -1265,7 +1265,8 @@ if inference_results is not None:
 # no pooled class); `coords` adds x and y channels to the pixel features the masks are made
 # from, so two identical shapes differ; `semantic` adds a per-pixel class loss on the encoder;
 # `8 latents` halves the latents; `no-object 0.3` weighs the "no object" class three times
-# more in the class loss. `deep` is the one finding among them. Each row named `deep + ...`
+# more in the class loss; `deep` adds deep supervision with masked attention (section 2.5), and it
+# is the one finding among them. Each row named `deep + ...`
 # adds one of these options to `deep`, or latents that start from the image (`deep + heatmap`:
 # a 1x1 convolution predicts a heatmap of object centres on the encoder's tokens, and each latent
 # starts as its learned vector plus the token at one of the heatmap's strongest peaks, as the
@@ -1333,10 +1334,10 @@ for name, model in (("without deep supervision", without), ("with it (mask_model
 # Every row above trains 800 steps. If the head were wrong, more steps would not help; if it is
 # slow, they would. `python benchmarks/mask_recipe.py --steps 2000` with `--rows default deep
 # "deep + coords" "deep + 8 latents" "deep + query positions" "deep + competing reads"`
-# (benchmarks/results/mask_recipe_2000.md) trains the two decisive rows, the two options that came
-# nearest to a finding on top of deep supervision, and the two rows aimed at merges with the
+# (benchmarks/results/mask_recipe_2000.md) trains the two decisive rows, the two options of the first rows
+# with the largest gain when added to deep supervision, and the two rows aimed at merges with the
 # highest mean at 800 steps, two and a half times longer, on the same seeds and validation set. The series' rule compares
-# each row with itself at 800 steps, then, at 2,000 steps, with its base:
+# each row with itself at 800 steps (PQ and mIoU), then, at 2,000 steps, with its base (PQ):
 
 # %%
 long_results = committed_results("mask_recipe_2000")
@@ -1365,7 +1366,7 @@ if recipe_results is not None and long_results is not None:
 # (`deep`'s seeds spread more than its gain at 800 steps, `default`'s at 2,000), nor for the
 # competing reads. A head that was wrong would not gain on every seed, so this one is slow. At
 # 2,000 steps no option is a finding against `deep`, so the recipe stays deep supervision alone; and no
-# row reaches a PQ of 0.75 on any seed, so whether time alone would bring the head to the targets
+# row reaches a PQ of 0.75 on any seed (the query positions' best seed comes closest), so whether time alone would bring the head to the targets
 # stays open. (The loss curve of section 3
 # looked nearly flat at 800 steps; the scores still move.) The methods this head borrows from
 # train far longer: Slot Attention reports 500k steps.
@@ -1444,7 +1445,7 @@ if experiments is not None:
           f"this run {mask_scores['miou']:.3f}")
 
 # %% [markdown]
-# Every seed misses all three targets on shapes, as this run does. Neither gap there is a finding:
+# Every seed misses all three targets on shapes, as this run does. None of the three shapes gaps is a finding:
 # the mask head's seeds spread by more than the gap, far more than the final model's. On crowded
 # data the components beat the mask head on every seed, a finding. The "which shape" share swings
 # from seed to seed for both models. The benchmark's seed 0 is not this run: with another thread
@@ -1536,12 +1537,14 @@ if uw is not None:
 #   Attention's softmax over the latents makes them compete for each pixel; MaskFormer makes them
 #   compete through matching in training; the head built here, checked piece by piece against the module, makes its masks
 #   compete for each pixel and matches them in training.
-# - Only deep supervision with masked attention is a finding on validation. With it the head still
+# - Of the design changes compared with their base rows on validation, only deep supervision with
+#   masked attention is a finding. With it the head still
 #   misses all three targets, in this run and on every seed.
 # - On crowded images connected components fail, but at 800 steps they still beat the mask head on
 #   every seed. Two and a half times the training budget raises the recipe's validation PQ on every
-#   seed, but by less than the spread (no finding), and no seed reaches a PQ of 0.75. On the test
-#   set the longer budget meets the connected components' PQ on both data sets, and on shapes
+#   seed, but by less than its 800-step spread (no finding), and no seed reaches a PQ of 0.75. On the
+#   test set the longer budget meets the connected components' PQ on both data sets (no measurable
+#   difference either way), and on shapes
 #   still misses every target. In this run the commonest failure was a latent that covers two
 #   objects.
 #
