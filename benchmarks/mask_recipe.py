@@ -2,6 +2,7 @@
 
     python benchmarks/mask_recipe.py                       # every row, 3 seeds, 800 steps
     python benchmarks/mask_recipe.py --rows default coords --threads 1 --out /tmp/a   # part
+    python benchmarks/mask_recipe.py --rows deep --seeds 1 --out /tmp/b   # one seed of a row
     python benchmarks/mask_recipe.py --merge a.json b.json # one results file from the parts
     python benchmarks/mask_recipe.py --rows default deep --steps 2000   # the longer budget
     python benchmarks/mask_recipe.py --smoke               # a tiny run (what the tests run)
