@@ -1333,10 +1333,10 @@ for name, model in (("without deep supervision", without), ("with it (mask_model
 #
 # Every row above trains 800 steps. If the head were wrong, more steps would not help; if it is
 # slow, they would. `python benchmarks/mask_recipe.py --steps 2000` with `--rows default deep
-# "deep + coords" "deep + 8 latents" "deep + query positions" "deep + competing reads"`
-# (benchmarks/results/mask_recipe_2000.md) trains the two decisive rows, the two options of the first rows
-# with the largest gain when added to deep supervision, and the two rows aimed at merges with the
-# highest mean at 800 steps, two and a half times longer, on the same seeds and validation set. The series' rule compares
+# "deep + coords" "deep + 8 latents" "deep + pixel positions" "deep + query positions"
+# "deep + competing reads"` (benchmarks/results/mask_recipe_2000.md) trains the two decisive rows,
+# the two options of the first rows with the largest gain when added to deep supervision, and
+# three of the four rows aimed at merges (the third round left out), two and a half times longer, on the same seeds and validation set. The series' rule compares
 # each row with itself at 800 steps (PQ and mIoU), then, at 2,000 steps, with its base (PQ):
 
 # %%
@@ -1362,7 +1362,7 @@ if recipe_results is not None and long_results is not None:
 # %% [markdown]
 # Every row gains mIoU on every seed, and PQ on every seed but one (the competing reads, on seed
 # 1); `deep`'s own seeds agree far more closely than at 800 steps. The PQ gain is a finding for
-# the coordinates, the 8 latents and the query positions; for `default` and `deep` it is not
+# the coordinates, the 8 latents and both kinds of positions; for `default` and `deep` it is not
 # (`deep`'s seeds spread more than its gain at 800 steps, `default`'s at 2,000), nor for the
 # competing reads. A head that was wrong would not gain on every seed, so this one is slow. At
 # 2,000 steps no option is a finding against `deep`, so the recipe stays deep supervision alone; and no
