@@ -48,7 +48,9 @@ from latentseg.mask_head import (MaskLatentSegNet, semantic_scores, segments_of,
                                  mask_classification_loss)
 from latentseg.panoptic import (predict_instances, panoptic_inference,
                                 connected_component_instances, MATCH_IOU, panoptic_quality,
-                                mask_owner, claims, mask_head_scores)
+                                mask_owner, claims, CLAIM_OUTCOMES, SPLIT_SHARE,
+                                claim_outcomes,
+                                mask_head_scores)
 
 __all__ = [
     # 1. the tutorial's model
@@ -76,7 +78,9 @@ __all__ = [
     "MaskLatentSegNet", "semantic_scores", "segments_of", "match_segments",
     "mask_classification_loss", "predict_instances", "panoptic_inference",
     "connected_component_instances",
-    "MATCH_IOU", "panoptic_quality", "mask_owner", "claims", "mask_head_scores",
+    "MATCH_IOU", "panoptic_quality", "mask_owner", "claims", "CLAIM_OUTCOMES", "SPLIT_SHARE",
+    "claim_outcomes",
+    "mask_head_scores",
     # the input checks
     "check_heads", "check_positive", "check_images", "check_labels",
 ]

@@ -153,15 +153,19 @@ def write_outputs(rows, stem, meta) -> str:
     shorter = default_budget_rows(meta["steps"])
     extra = f" Beside it, each row against itself at {DEFAULT_STEPS} steps " \
             "(benchmarks/results/mask_recipe.json)." if shorter else ""
+    unrecorded = " \"Not claimed once, why\" (`u.claim_outcomes`, as shares of all objects) is " \
+                 "blank for the rows run before it was recorded." \
+        if any(not bm.unclaimed_breakdown(r["measured"]) for r in rows) else ""
     lines = [f"Mask head, one change per row: shapes **validation** set, {meta['steps']} steps, "
              f"seeds {meta['seeds']} (`python benchmarks/mask_recipe.py`). PQ compared with "
              "its base by the finding rule (`u.is_finding`): a row named \"A + B\" against the "
-             "row A, the others against `default`." + extra, "",
+             "row A, the others against `default`." + extra + unrecorded, "",
              "| row | what changes | PQ per seed | PQ mean | spread | against its base | "
              + (f"against {DEFAULT_STEPS} steps | " if shorter else "") +
-             "SQ | RQ | claimed once | class acc. on claimed | latents used | mIoU mean |",
+             "SQ | RQ | claimed once | not claimed once, why | class acc. on claimed | "
+             "latents used | mIoU mean |",
              "|---|---|---|---:|---:|---|" + ("---|" if shorter else "") +
-             "---:|---:|---:|---:|---:|---:|"]
+             "---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         pq = [m["pq"] for m in r["measured"]]
         base = next((b for b in rows if b["model"] == base_of(r["model"])), None)
@@ -171,7 +175,8 @@ def write_outputs(rows, stem, meta) -> str:
             f"{', '.join(f'{v:.3f}' for v in pq)} | {sum(pq) / len(pq):.3f} | "
             f"{max(pq) - min(pq):.3f} | {compare(r, base)} | {longer}"
             f"{mean_of(r, 'sq'):.3f} | {mean_of(r, 'rq'):.3f} | "
-            f"{100 * mean_of(r, 'claimed_once'):.1f}% | {100 * mean_of(r, 'class_accuracy'):.1f}% | "
+            f"{100 * mean_of(r, 'claimed_once'):.1f}% | {bm.unclaimed_breakdown(r['measured'])} | "
+            f"{100 * mean_of(r, 'class_accuracy'):.1f}% | "
             f"{mean_of(r, 'latents_used'):.1f} | {r['mean']:.3f} |")
     return bm.write_results(stem, meta, rows, "\n".join(lines) + "\n", plot(rows))
 

@@ -1,7 +1,8 @@
 """latentseg.panoptic: from a mask head's outputs (or any class map) to segments, and how to
 score them (notebook 08): predict_instances (the head's plain rule), panoptic_inference
 (Mask2Former's rule, with thresholds), connected_component_instances (the baseline without
-latents), panoptic_quality, mask_owner, claims and mask_head_scores (all of them at once).
+latents), panoptic_quality, mask_owner, claims, claim_outcomes (why an object is not claimed
+once) and mask_head_scores (all of them at once).
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ["predict_instances", "panoptic_inference", "connected_component_instances",
-           "MATCH_IOU", "panoptic_quality", "mask_owner", "claims", "mask_head_scores"]
+           "MATCH_IOU", "panoptic_quality", "mask_owner", "claims", "CLAIM_OUTCOMES",
+           "SPLIT_SHARE", "claim_outcomes", "mask_head_scores"]
 
 
 @torch.no_grad()
@@ -259,13 +261,63 @@ def claims(class_logits: torch.Tensor, mask_logits: torch.Tensor,
 
 
 
+CLAIM_OUTCOMES = ("once", "several", "missed", "merged", "split", "rough")
+SPLIT_SHARE = 0.25
+
+
+@torch.no_grad()
+def claim_outcomes(class_logits: torch.Tensor, mask_logits: torch.Tensor,
+                   instances: torch.Tensor) -> "list[dict]":
+    """What happened to each object: per image {object id: outcome}, one of CLAIM_OUTCOMES.
+    "once" and "several": claimed by exactly one latent, or by more (`claims`). An object no
+    latent claims is sorted by the owner map (`mask_owner`), counting only the latents that
+    answer a shape in that image (not background, not "no object"):
+      "missed"  they own less than half of it;
+      "merged"  its main shape latent also owns at least half of another object;
+      "split"   a second shape latent owns at least SPLIT_SHARE (a quarter) of it;
+      "rough"   one shape latent owns most of it, but its thresholded mask's IoU is one half
+                or less.
+    Same inputs as `claims`.
+
+    Taught in notebook 08, section "3. Train it, and look at its latents" (part 3.3).
+    """
+    K, C1 = class_logits.shape[1:]
+    answers = class_logits.argmax(-1)                                       # [B, K]
+    is_shape = (answers >= 1) & (answers <= C1 - 2)        # not background, not "no object"
+    owners = mask_owner(class_logits, mask_logits)                          # [B, H, W]
+    result = []
+    for b, claimed in enumerate(claims(class_logits, mask_logits, instances)):
+        def shares(j):
+            inside = instances[b] == j
+            owned = torch.bincount(owners[b][inside], minlength=K).double() / inside.sum()
+            return owned * is_shape[b]
+
+        outcomes = {}
+        for j, k in claimed.items():
+            share = shares(j)
+            main = int(share.argmax())
+            if k != -1:
+                outcomes[j] = "once" if k >= 0 else "several"
+            elif share.sum() < 0.5:
+                outcomes[j] = "missed"
+            elif any(shares(other)[main] >= 0.5 for other in claimed if other != j):
+                outcomes[j] = "merged"
+            elif share.topk(min(2, K)).values[-1] >= SPLIT_SHARE:
+                outcomes[j] = "split"
+            else:
+                outcomes[j] = "rough"
+        result.append(outcomes)
+    return result
+
+
 @torch.no_grad()
 def mask_head_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      instances: torch.Tensor, batch_size: int = 64) -> dict:
     """A mask head's instance scores on one evaluation set: PQ, SQ and RQ of predict_instances;
-    the share of objects claimed by exactly one latent (`claims`); among those, the share whose
-    latent names the object's class (class accuracy on claimed objects); how many latents claim
-    anything. images [B, 3, H, W], labels and instances [B, H, W] (make_split(...,
+    the share of objects claimed by exactly one latent (`claims`), and of those claimed by
+    several, and of those missed, merged, split or rough (`claim_outcomes`); among
+    those claimed once, the share whose latent names the object's class (class accuracy on
+    claimed objects); how many latents claim anything. images [B, 3, H, W], labels and instances [B, H, W] (make_split(...,
     instances=True)).
 
     What benchmarks/mask_experts.py and benchmarks/mask_recipe.py report for every mask head.
@@ -275,7 +327,7 @@ def mask_head_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     device = next(model.parameters()).device
     model.eval()
     pred_instances, pred_classes = [], []
-    owners, right, used = [], [], set()
+    owners, right, used, outcomes = [], [], set(), []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(device)
         found = predict_instances(model, batch)
@@ -283,6 +335,8 @@ def mask_head_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         pred_classes.append(found[1].cpu())
         classes, masks = (t.cpu() for t in model.predict_masks(batch))
         named = classes[..., :-1].argmax(-1)                                 # [b, K]
+        for outcome in claim_outcomes(classes, masks, instances[start:start + batch_size]):
+            outcomes.extend(outcome.values())
         for b, claim in enumerate(claims(classes, masks, instances[start:start + batch_size])):
             for obj, k in claim.items():
                 owners.append(k)
@@ -293,4 +347,5 @@ def mask_head_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     pq = panoptic_quality(torch.cat(pred_instances), torch.cat(pred_classes), instances, labels)
     return {"pq": pq["pq"], "sq": pq["sq"], "rq": pq["rq"],
             "claimed_once": sum(k >= 0 for k in owners) / max(1, len(owners)),
-            "class_accuracy": sum(right) / max(1, len(right)), "latents_used": len(used)}
+            "class_accuracy": sum(right) / max(1, len(right)), "latents_used": len(used),
+            **{name: outcomes.count(name) / max(1, len(outcomes)) for name in CLAIM_OUTCOMES[1:]}}

@@ -19,7 +19,12 @@ def test_smoke_run_writes_results_on_validation(tmp_path):
     assert data["split"] == "validation"
     rows = data["results"]
     assert [r["model"] for r in rows] == ["default", "deep", "deep + heatmap"]
-    assert {"pq", "claimed_once", "class_accuracy"} <= set(rows[0]["measured"][0])
+    assert {"pq", "claimed_once", "class_accuracy", "merged", "split"} <= set(rows[0]["measured"][0])
+    # every object is claimed once or has a reason why not
+    shares = [rows[0]["measured"][0][k] for k in ("claimed_once", "several", "missed", "merged",
+                                                  "split", "rough")]
+    assert sum(shares) == pytest.approx(1.0)
+    assert "merged " in (tmp_path / "mask_recipe_smoke.md").read_text()
     assert "no measurable difference" in result.stdout or "a finding" in result.stdout
     assert (tmp_path / "mask_recipe_smoke.png").stat().st_size > 1000
 

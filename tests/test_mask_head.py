@@ -123,6 +123,33 @@ def test_claims_needs_one_present_latent_with_iou_at_least_half():
     assert u.claims(classes, masks, instances) == [{1: -1, 2: 1}]
 
 
+
+def test_claim_outcomes_sort_every_unclaimed_object():
+    instances = torch.zeros(1, 6, 12, dtype=torch.long)
+    instances[0, :2, :2], instances[0, :2, 2:4] = 1, 2      # two objects side by side
+    instances[0, 2:4, :2], instances[0, 2:4, 6:8] = 3, 4
+    instances[0, :4, 8:], instances[0, 4:, :5] = 5, 6
+    masks = torch.full((1, 8, 6, 12), -10.0)
+    masks[0, 0, :2, :4] = 10       # latent 0 holds objects 1 and 2 together: merged
+    masks[0, 1:3, 2:4, :2] = 10    # latents 1 and 2 both claim object 3: several
+    masks[0, 3, 2, 6] = 10         # latent 3 holds a quarter of object 4: missed
+    masks[0, 4] = 0.0              # latent 4, background, owns what no one else wants
+    masks[0, 5, :4, 8:10] = 10     # latents 5 and 6 hold a half of object 5 each: split
+    masks[0, 6, :4, 10:] = 10
+    masks[0, 7, 4:] = 10           # latent 7 holds object 6 and as much background: rough
+    classes = torch.zeros(1, 8, 5)
+    classes[..., 1] = 5.0          # "circle", not "no object"
+    classes[0, 4, 0] = 10.0        # latent 4 says "background"
+    outcomes = u.claim_outcomes(classes, masks, instances)
+    assert outcomes == [{1: "merged", 2: "merged", 3: "several", 4: "missed", 5: "split",
+                         6: "rough"}]
+    assert set(outcomes[0].values()) | {"once"} == set(u.CLAIM_OUTCOMES)
+    masks[0, 0, :2, 2:4] = -10     # latent 0 now holds object 1 alone: claimed once
+    assert u.claim_outcomes(classes, masks, instances)[0][1] == "once"
+    classes[0, 0, -1] = 20.0       # ... but it says "no object": now no shape latent has it
+    assert u.claim_outcomes(classes, masks, instances)[0][1] == "missed"
+
+
 def test_mutual_information_and_entropy_on_hand_worked_cases():
     a = torch.tensor([0, 0, 1, 1])
     assert u.entropy(a, 2) == pytest.approx(math.log(2))
