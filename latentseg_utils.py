@@ -45,7 +45,7 @@ from latentseg.plotting import (CLASS_COLORS, class_colormap, class_legend, show
                                 show_labels, plot_samples, plot_predictions, plot_history,
                                 plot_seed_strip, plot_accuracy_by_distance, plot_attention)
 from latentseg.mask_head import (MaskLatentSegNet, semantic_scores, segments_of, match_segments,
-                                 mask_classification_loss)
+                                 mask_classification_loss, discriminative_loss)
 from latentseg.panoptic import (predict_instances, panoptic_inference,
                                 connected_component_instances, MATCH_IOU, panoptic_quality,
                                 mask_owner, claims, CLAIM_OUTCOMES, SPLIT_SHARE,
@@ -76,7 +76,7 @@ __all__ = [
     "plot_accuracy_by_distance", "plot_attention",
     # 7. latents that become segments
     "MaskLatentSegNet", "semantic_scores", "segments_of", "match_segments",
-    "mask_classification_loss", "predict_instances", "panoptic_inference",
+    "mask_classification_loss", "discriminative_loss", "predict_instances", "panoptic_inference",
     "connected_component_instances",
     "MATCH_IOU", "panoptic_quality", "mask_owner", "claims", "CLAIM_OUTCOMES", "SPLIT_SHARE",
     "claim_outcomes",

@@ -5,20 +5,23 @@
     python benchmarks/mask_recipe.py --rows deep --seeds 1 --out /tmp/b   # one seed of a row
     python benchmarks/mask_recipe.py --merge a.json b.json # one results file from the parts
     python benchmarks/mask_recipe.py --rows default deep --steps 2000   # the longer budget
+    python benchmarks/mask_recipe.py --rows deep --seeds 2 --steps 4000 --threads 1 --out /tmp/c
     python benchmarks/mask_recipe.py --smoke               # a tiny run (what the tests run)
 
 Each row is `u.MaskLatentSegNet(**options)` with one option changed from the default head
 (`default`), trained with the series' recipe and seeds (`u.run_seeds`) on the shapes data with
 instance maps, and scored on the shapes VALIDATION set (design choices never look at the test
 set): semantic mIoU, and `u.mask_head_scores` (PQ, SQ, RQ, objects claimed by exactly one
-latent, class accuracy on claimed objects, latents used). Each row is compared with `default`
+latent and why the others are not (`u.claim_outcomes`: merged, split, ...), class accuracy on
+claimed objects, latents used). Each row is compared with `default`
 by the series' finding rule (`u.is_finding` on PQ: the same sign on every seed and a gap of the
 means above both spreads); otherwise "no measurable difference". The rows named "deep + ..."
 add one change to `deep` (the one finding against `default`) and are compared with it; a row
 named "A + B" is compared with the row A (`base_of`). The
 rows come from the anchors: Mask2Former (deep supervision, masked attention), SOLO / CoordConv
 (coordinates in the mask embedding), ReMaX / MaX-DeepLab (an auxiliary semantic loss, and classes read from it), DINO /
-Panoptic-DeepLab (latents that start at the peaks of a centre heatmap), Slot Attention
+Panoptic-DeepLab (latents that start at the peaks of a centre heatmap), De Brabandere et al.
+(a discriminative loss on the pixel embeddings, against merges), Slot Attention
 (latents that compete for pixels: `plain` turns that and the pooled class off, the plain
 MaskFormer head as a control). A run with another --steps also compares each row with itself
 at 800 steps (the committed benchmarks/results/mask_recipe.json): slow, or wrong? Writes
@@ -58,6 +61,7 @@ ROWS = {
     "deep + competing reads": {"deep_supervision": True, "competing_reads": True},
     "deep + semantic + classes": {"deep_supervision": True, "semantic_weight": 1.0,
                                   "semantic_classes": True},
+    "deep + discriminative": {"deep_supervision": True, "discriminative_weight": 1.0},
 }
 MEANING = {
     "default": "u.MaskLatentSegNet(), its defaults",
@@ -82,6 +86,9 @@ MEANING = {
                               "Attention's softmax over the latents (competing_reads=True)",
     "deep + semantic + classes": "deep + semantic, and each latent's class also read from the "
                                  "semantic head inside its mask (semantic_classes=True)",
+    "deep + discriminative": "deep, and a pull/push loss that keeps each object's pixel "
+                             "embeddings together and two objects' apart "
+                             "(discriminative_weight=1.0)",
 }
 
 

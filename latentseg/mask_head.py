@@ -1,6 +1,6 @@
 """latentseg.mask_head: latents that become segments (MaskFormer's mask classification on the
-series' latents, notebook 08): MaskLatentSegNet, semantic_scores, segments_of, match_segments
-and mask_classification_loss. From its outputs to segments, and their scores:
+series' latents, notebook 08): MaskLatentSegNet, semantic_scores, segments_of, match_segments,
+mask_classification_loss and discriminative_loss (an option's loss). From its outputs to segments, and their scores:
 latentseg.panoptic.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from latentseg.blocks import AttentionBlock, conv_bn_relu, fourier_positions
 from latentseg.checks import check_heads, check_images, check_positive
 
 __all__ = ["MaskLatentSegNet", "semantic_scores", "segments_of", "match_segments",
-           "mask_classification_loss"]
+           "mask_classification_loss", "discriminative_loss"]
 
 
 POSITION_CHANNELS = 16            # fourier_positions' default: 4 frequencies, sin and cos of x and y
@@ -65,6 +65,10 @@ class MaskLatentSegNet(nn.Module):
       competing_reads  the latents compete for the pixels when they read them, not only in
                     their masks: Slot Attention's softmax over the latents in the read
                     (CompetingRead), so two latents cannot both read the same object
+      discriminative_weight  weight of a pull/push loss on the per-pixel mask embedding
+                    (De Brabandere et al., 2017; `discriminative_loss`): each object's pixels
+                    close to their mean, two objects' means far apart, so that a latent's dot
+                    product can take one of two touching objects without the other
 
     training_loss(images, labels, instances): Hungarian matching of latents to the image's
     segments, class cross-entropy ("no object" down-weighted by no_object_weight), mask
@@ -82,15 +86,18 @@ class MaskLatentSegNet(nn.Module):
                  pooled_class: bool = True, coords: bool = False, semantic_weight: float = 0.0,
                  deep_supervision: bool = False, heatmap_queries: bool = False,
                  pixel_positions: bool = False, query_positions: bool = False,
-                 competing_reads: bool = False, semantic_classes: bool = False):
+                 competing_reads: bool = False, semantic_classes: bool = False,
+                 discriminative_weight: float = 0.0):
         super().__init__()
         check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
                         rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
         check_heads(feature_dim, num_heads)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes.")
-        if semantic_weight < 0:
-            raise ValueError(f"semantic_weight={semantic_weight}: give 0 (off) or a positive weight.")
+        for name, weight in (("semantic_weight", semantic_weight),
+                             ("discriminative_weight", discriminative_weight)):
+            if not weight >= 0:
+                raise ValueError(f"{name}={weight}: give 0 (off) or a positive weight.")
         if semantic_classes and not semantic_weight:
             raise ValueError("semantic_classes=True reads the classes from the semantic head, which "
                              "semantic_weight=0 leaves out: give semantic_weight > 0 as well.")
@@ -103,7 +110,8 @@ class MaskLatentSegNet(nn.Module):
                            semantic_weight=semantic_weight, deep_supervision=deep_supervision,
                            heatmap_queries=heatmap_queries, pixel_positions=pixel_positions,
                            query_positions=query_positions, competing_reads=competing_reads,
-                           semantic_classes=semantic_classes)
+                           semantic_classes=semantic_classes,
+                           discriminative_weight=discriminative_weight)
         self.in_channels, self.num_classes = in_channels, num_classes
         D = feature_dim
         self.stem = conv_bn_relu(in_channels, stem_dim)
@@ -144,7 +152,8 @@ class MaskLatentSegNet(nn.Module):
         supervised stage (with deep_supervision: the initial latents and each round; else only
         the output), the last one what predict_masks returns; extra a dict of the auxiliary
         per-pixel outputs the options add: "semantic" logits [B, num_classes, H, W]
-        (semantic_weight), "objectness" logits [B, 1, h, w] on the token grid (heatmap_queries)."""
+        (semantic_weight), "objectness" logits [B, 1, h, w] on the token grid (heatmap_queries),
+        the per-pixel mask embedding "pixels" [B, mask_dim, H, W] (discriminative_weight)."""
         check_images(x, self.in_channels)
         H, W = x.shape[-2:]
         stem = self.stem(x)
@@ -175,6 +184,8 @@ class MaskLatentSegNet(nn.Module):
             latents = latents + self.query_proj(picked)
         if hasattr(self, "semantic_head"):
             extra["semantic"] = self.semantic_head(pixels)
+        if self.config["discriminative_weight"]:
+            extra["pixels"] = pixels
         semantic = extra.get("semantic") if self.config["semantic_classes"] else None
         deep = self.config["deep_supervision"]
         stages = [self._predict(latents, local, pixels, semantic)] if deep else []
@@ -245,6 +256,9 @@ class MaskLatentSegNet(nn.Module):
                                             segments) for classes, masks in stages) / len(stages)
         if "semantic" in extra:
             loss = loss + self.config["semantic_weight"] * F.cross_entropy(extra["semantic"], labels)
+        if "pixels" in extra:
+            loss = loss + self.config["discriminative_weight"] * discriminative_loss(
+                extra["pixels"], segments)
         if "objectness" in extra:
             target = _centre_heatmap(instances, extra["objectness"].shape[-2:])
             loss = loss + F.binary_cross_entropy_with_logits(extra["objectness"][:, 0], target)
@@ -300,6 +314,34 @@ def _centre_heatmap(instances: torch.Tensor, size, sigma: float = 1.0) -> torch.
                 d2 = ((ys[:, None] - cy) ** 2 + (xs[None, :] - cx) ** 2) / (H / h) ** 2
                 heat[b] = torch.maximum(heat[b], torch.exp(-d2 / (2 * sigma ** 2)))
     return heat
+
+
+def discriminative_loss(pixels: torch.Tensor, segments: list, pull_margin: float = 0.5,
+                        push_margin: float = 1.5) -> torch.Tensor:
+    """De Brabandere et al.'s discriminative loss (2017) on per-pixel embeddings: each object's
+    embeddings are pulled to within pull_margin of their mean, and the means of two objects of one
+    image pushed at least 2 * push_margin apart (squared hinges), plus a small pull of the means
+    toward 0. pixels [B, E, H, W]; segments per image (classes [S], masks [S, H, W]) as
+    `segments_of` gives them (background, class 0, is not an object here) -> a scalar.
+
+    Taught in notebook 08, section "4. The verdict on this run" (part 4.3).
+    """
+    losses = []
+    for b, (classes, masks) in enumerate(segments):
+        objects = masks[classes > 0].flatten(1).float().to(pixels.device)          # [S, P]
+        if len(objects) == 0:
+            continue
+        embeddings = pixels[b].flatten(1).T                                        # [P, E]
+        sizes = objects.sum(1, keepdim=True)
+        means = objects @ embeddings / sizes                                       # [S, E]
+        spread = F.relu(torch.cdist(means, embeddings) - pull_margin) ** 2         # [S, P]
+        loss = ((spread * objects).sum(1) / sizes[:, 0]).mean() + 0.001 * means.norm(dim=1).mean()
+        if len(objects) > 1:
+            apart = torch.cdist(means, means)
+            others = ~torch.eye(len(objects), dtype=torch.bool, device=pixels.device)
+            loss = loss + (F.relu(2 * push_margin - apart[others]) ** 2).mean()
+        losses.append(loss)
+    return torch.stack(losses).mean() if losses else pixels.sum() * 0.0
 
 
 def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:

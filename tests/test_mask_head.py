@@ -269,7 +269,8 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
     names = set(u.MaskLatentSegNet(**small).state_dict())
     for options in ({"coords": True}, {"semantic_weight": 0.5}, {"deep_supervision": True},
                     {"heatmap_queries": True}, {"pixel_positions": True},
-                    {"query_positions": True}, {"competing_reads": True}):
+                    {"query_positions": True}, {"competing_reads": True},
+                    {"discriminative_weight": 0.5}):
         torch.manual_seed(0)
         model = u.MaskLatentSegNet(**small, **options)
         classes, masks = model.predict_masks(x)
@@ -281,9 +282,30 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
     # only the semantic loss adds parameters; the default head's are those of old checkpoints
     assert set(u.MaskLatentSegNet(**small, semantic_weight=0.5).state_dict()) - names == {
         "semantic_head.weight", "semantic_head.bias"}
+    assert set(u.MaskLatentSegNet(**small, discriminative_weight=0.5).state_dict()) == names
     with pytest.raises(ValueError, match="semantic_weight=-1"):
         u.MaskLatentSegNet(semantic_weight=-1)
 
+
+
+def test_discriminative_loss_pulls_objects_together_and_pushes_them_apart():
+    first, second = torch.zeros(2, 4, dtype=torch.bool), torch.zeros(2, 4, dtype=torch.bool)
+    first[:, :2], second[:, 2:] = True, True              # two objects side by side, 2x2 each
+    segments = [(torch.tensor([1, 2]), torch.stack([first, second]))]
+    apart = torch.zeros(1, 2, 2, 4)
+    apart[0, 0, :, :2], apart[0, 0, :, 2:] = 0.0, 5.0    # each object one point, 5 apart
+    assert float(u.discriminative_loss(apart, segments)) == pytest.approx(0.001 * 2.5, abs=1e-4)
+    alike = torch.zeros(1, 2, 2, 4, requires_grad=True)  # both objects at one embedding
+    loss = u.discriminative_loss(alike + 0.1, segments)
+    assert loss.item() > 8.0                             # the push: (2 * 1.5 - 0) ** 2 = 9
+    loss.backward()
+    assert torch.isfinite(alike.grad).all()
+    with pytest.raises(ValueError, match="discriminative_weight=-1"):
+        u.MaskLatentSegNet(discriminative_weight=-1)
+    x, y, ids = u.make_shapes_batch(2, 32, seed=1, instances=True)
+    model = u.MaskLatentSegNet(num_latents=6, feature_dim=32, num_heads=2, discriminative_weight=1.0)
+    model.training_loss(x, y, ids).backward()
+    assert model.pixel_refine[0][0].weight.grad.abs().sum() > 0
 
 def test_semantic_classes_read_the_semantic_head_inside_each_mask():
     """With semantic_classes a latent's class logits add the semantic head's logits averaged
