@@ -49,8 +49,7 @@ from latentseg.mask_head import (MaskLatentSegNet, semantic_scores, segments_of,
 from latentseg.panoptic import (predict_instances, panoptic_inference,
                                 connected_component_instances, MATCH_IOU, panoptic_quality,
                                 mask_owner, claims, CLAIM_OUTCOMES, SPLIT_SHARE,
-                                claim_outcomes,
-                                mask_head_scores)
+                                claim_outcomes, mask_head_scores)
 
 __all__ = [
     # 1. the tutorial's model
@@ -79,8 +78,7 @@ __all__ = [
     "mask_classification_loss", "discriminative_loss", "predict_instances", "panoptic_inference",
     "connected_component_instances",
     "MATCH_IOU", "panoptic_quality", "mask_owner", "claims", "CLAIM_OUTCOMES", "SPLIT_SHARE",
-    "claim_outcomes",
-    "mask_head_scores",
+    "claim_outcomes", "mask_head_scores",
     # the input checks
     "check_heads", "check_positive", "check_images", "check_labels",
 ]

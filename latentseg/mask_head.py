@@ -1,6 +1,7 @@
 """latentseg.mask_head: latents that become segments (MaskFormer's mask classification on the
 series' latents, notebook 08): MaskLatentSegNet, semantic_scores, segments_of, match_segments,
-mask_classification_loss and discriminative_loss (an option's loss). From its outputs to segments, and their scores:
+mask_classification_loss and discriminative_loss (an option's loss). From its outputs to
+segments, and their scores:
 latentseg.panoptic.
 """
 from __future__ import annotations

@@ -294,11 +294,12 @@ def claim_outcomes(class_logits: torch.Tensor, mask_logits: torch.Tensor,
 
         outcomes = {}
         for j, k in claimed.items():
-            share = shares(j)
-            main = int(share.argmax())
             if k != -1:
                 outcomes[j] = "once" if k >= 0 else "several"
-            elif share.sum() < 0.5:
+                continue
+            share = shares(j)
+            main = int(share.argmax())
+            if share.sum() < 0.5:
                 outcomes[j] = "missed"
             elif any(shares(other)[main] >= 0.5 for other in claimed if other != j):
                 outcomes[j] = "merged"
