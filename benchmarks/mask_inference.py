@@ -32,20 +32,10 @@ from latentseg import benchmarking as bm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from mask_experts import RECIPE  # noqa: E402  (one place for the recipe)
+from mask_experts import (GRID, MIN_AREAS, OVERLAP_THRESHOLDS, PLAIN,  # noqa: E402  (one place for the recipe and the grid)
+                          RECIPE, SCORE_THRESHOLDS, setting_key)
 
 MODELS = {"mask-head": lambda: u.MaskLatentSegNet(**RECIPE), "final": lambda: u.LatentSegNet()}
-SCORE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9)
-OVERLAP_THRESHOLDS = (0.0, 0.5, 0.8)
-MIN_AREAS = (0, 16, 32)
-GRID = list(itertools.product(SCORE_THRESHOLDS, OVERLAP_THRESHOLDS, MIN_AREAS))
-PLAIN = "plain"
-
-
-def setting_key(score: float, overlap: float, area: int) -> str:
-    return f"score>{score}, overlap>={overlap}, area>={area}"
-
-
 def pq_of(instances, classes, variant: str, split: str, n: int) -> dict:
     _, labels, true_instances = u.make_split(variant, split, num_images=n, instances=True)
     result = u.panoptic_quality(instances, classes, true_instances, labels)
@@ -144,11 +134,12 @@ def plot(rows: list):
 
 
 def main(argv=None) -> int:
-    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=800,
+    parser = bm.make_parser(__doc__, os.path.join(HERE, "results"), steps=800, merge=False,
                             smoke="2 steps, batch 2, 8 images")
     parser.add_argument("--variants", nargs="+", default=["shapes"], choices=list(u.DATA_VARIANTS))
     args = parser.parse_args(argv)
-    stem = bm.results_stem(args, "mask_inference")
+    stem = bm.results_stem(args, "mask_inference" if args.steps == 800
+                           else f"mask_inference_{args.steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
     n, options = 256, {"steps": args.steps}

@@ -62,6 +62,9 @@ ROWS = {
     "deep + semantic + classes": {"deep_supervision": True, "semantic_weight": 1.0,
                                   "semantic_classes": True},
     "deep + discriminative": {"deep_supervision": True, "discriminative_weight": 1.0},
+    "deep + colours": {"deep_supervision": True, "colours": True},
+    "deep + heatmap + colours": {"deep_supervision": True, "heatmap_queries": True,
+                                 "colours": True},
 }
 MEANING = {
     "default": "u.MaskLatentSegNet(), its defaults",
@@ -89,6 +92,10 @@ MEANING = {
     "deep + discriminative": "deep, and a pull/push loss that keeps each object's pixel "
                              "embeddings together and two objects' apart "
                              "(discriminative_weight=1.0)",
+    "deep + colours": "deep, and the image's colour channels in the mask embedding "
+                      "(colours=True)",
+    "deep + heatmap + colours": "deep + heatmap, and the image's colour channels in the mask "
+                                "embedding",
 }
 
 

@@ -57,6 +57,9 @@ class MaskLatentSegNet(nn.Module):
                     encoder's tokens learns a centre heatmap (Panoptic-DeepLab), and latent k
                     starts as its learned vector plus the token at the k-th strongest peak
                     (DINO's query selection)
+      colours       the image's own colour channels in the per-pixel mask embedding: every
+                    object is drawn in its own colour, so a latent that read one object can
+                    take the pixels of its colour and leave a touching object of another
       pixel_positions  the keys' position code (fourier_positions, 16 channels) in the
                     per-pixel mask embedding: a latent that knows where its object is can say so
                     in its mask
@@ -88,7 +91,7 @@ class MaskLatentSegNet(nn.Module):
                  deep_supervision: bool = False, heatmap_queries: bool = False,
                  pixel_positions: bool = False, query_positions: bool = False,
                  competing_reads: bool = False, semantic_classes: bool = False,
-                 discriminative_weight: float = 0.0):
+                 discriminative_weight: float = 0.0, colours: bool = False):
         super().__init__()
         check_positive(in_channels=in_channels, feature_dim=feature_dim, num_latents=num_latents,
                         rounds=rounds, mask_dim=mask_dim, stem_dim=stem_dim)
@@ -112,7 +115,7 @@ class MaskLatentSegNet(nn.Module):
                            heatmap_queries=heatmap_queries, pixel_positions=pixel_positions,
                            query_positions=query_positions, competing_reads=competing_reads,
                            semantic_classes=semantic_classes,
-                           discriminative_weight=discriminative_weight)
+                           discriminative_weight=discriminative_weight, colours=colours)
         self.in_channels, self.num_classes = in_channels, num_classes
         D = feature_dim
         self.stem = conv_bn_relu(in_channels, stem_dim)
@@ -130,7 +133,7 @@ class MaskLatentSegNet(nn.Module):
             self.pool_proj = nn.Linear(D, D)
         self.mask_embed = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, mask_dim))
         self.pixel_proj = nn.Conv2d(D, mask_dim, 1)
-        extra_channels = 2 * coords + POSITION_CHANNELS * pixel_positions
+        extra_channels = 2 * coords + POSITION_CHANNELS * pixel_positions + in_channels * colours
         self.pixel_refine = nn.Sequential(conv_bn_relu(mask_dim + stem_dim + extra_channels, mask_dim),
                                           nn.Conv2d(mask_dim, mask_dim, 1))
         if semantic_weight > 0:
@@ -170,6 +173,8 @@ class MaskLatentSegNet(nn.Module):
             xs = torch.linspace(-1.0, 1.0, W, device=x.device)
             grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))          # [2, H, W]
             parts.append(grid.expand(B, -1, -1, -1))
+        if self.config["colours"]:
+            parts.append(x)
         if self.config["pixel_positions"]:
             positions = fourier_positions(H, W, device=x.device).T.reshape(-1, H, W)
             parts.append(positions.expand(B, -1, -1, -1))

@@ -38,8 +38,10 @@
 # raises the recipe's (`deep`) validation PQ on every seed, though within its 800-step spread, and no
 # seed reaches the PQ target at 2,000 steps (section 4.3); on the test set the head's PQ is then no
 # measurably different from the connected components' on both data sets, and on shapes it still
-# misses every target (section 5). Why: most objects not claimed once are **merged**, one latent
-# holding two of them, at every budget; from 800 to 4,000 steps the other failures shrink to almost
+# misses every target (section 5). At five times the budget, read with Mask2Former's inference at
+# the setting the validation split chose, the head passes the PQ target on the test set; the
+# claims (one seed reaches 90%) and the class map still miss (section 5). Why: most objects not
+# claimed once are **merged**, one latent holding two of them, at every budget; from 800 to 4,000 steps the other failures shrink to almost
 # nothing but merges fall only slowly, and of the changes measured only the query positions cut
 # them measurably, by a little (section 4.3).
 #
@@ -1427,8 +1429,9 @@ if deep_rows:
     print(f"share merged at {budgets[0]['steps']} steps, per seed:")
     for name, shares in merged.items():
         print(f"  {name:<24} {', '.join(f'{100 * v:.1f}%' for v in shares)}")
-        if name != "deep":
-            show_finding(f"    {name}", shares, "deep", merged["deep"])
+        base = name.rsplit(" + ", 1)[0]        # the row it adds one change to
+        if " + " in name and base in merged:
+            show_finding(f"    {name}", shares, base, merged[base])
 
 # %% [markdown]
 # Merges are most of the failures at every budget, and a larger part of them as the budget grows:
@@ -1442,8 +1445,10 @@ if deep_rows:
 # The rows of section 4.3 that record the count answer whether a change does better. Only the query
 # positions cut the merged share on every seed by more than the spreads, a finding, but a small
 # one (a gap of a few points, with PQ no measurably different). The coordinates, the pixel
-# positions and the discriminative loss, which aims at the merges through the pixel features, leave
-# it within the seeds' spread. Merges are the open problem of this head: the next change to try
+# positions, the discriminative loss, which aims at the merges through the pixel features, the
+# heatmap's latents, and the image's own colour channels in the pixel features (`colours=True`,
+# alone or added to the heatmap's latents, which start from one object's token) leave it within
+# the seeds' spread. Merges are the open problem of this head: the next change to try
 # has to stop one latent's mask from taking a second object.
 #
 # ### 4.4 Where connected components fail: objects that touch
@@ -1574,6 +1579,46 @@ if experiments is not None and long_experiments is not None:
 # and section 4.3 counts the merges over seeds and budgets.
 
 # %% [markdown]
+# #### Five times the budget, and the inference chosen on validation
+#
+# `python benchmarks/mask_experts.py --steps 4000 --variants shapes`
+# (benchmarks/results/mask_experts_4000.md) trains both models 4,000 steps on shapes. From this run
+# on, the benchmark also reads the head with section 4's panoptic inference at every setting of its
+# grid, lets the validation split choose one (the plain rule is a candidate too), and the PQ target
+# reads the test PQ at that setting. Per seed:
+
+# %%
+longest = committed_results("mask_experts_4000")
+if longest is not None:
+    rows = {r["model"]: r for r in longest["results"] if r["data"] == "shapes"}
+    head, final = rows["mask-head"], rows["final"]
+    chosen = head["chosen_inference"]                 # the setting the validation split chose
+    per_seed = {
+        "mask head mIoU": head["miou"], "LatentSegNet() mIoU": final["miou"],
+        "mask head PQ, plain inference": [m["pq"] for m in head["measured"]],
+        f"mask head PQ, chosen inference ({chosen})":
+            [m["inference"][chosen]["test"]["pq"] for m in head["measured"]],
+        "components' PQ": [m["components_pq"] for m in final["measured"]],
+        "claimed once": [m["claimed_once"] for m in head["measured"]]}
+    print(f"shapes test set, {longest['steps']} steps:")
+    for name, values in per_seed.items():
+        print(f"  {name}: {', '.join(f'{v:.3f}' for v in values)}")
+    show_finding("chosen inference", per_seed[f"mask head PQ, chosen inference ({chosen})"],
+                 "the components' PQ", per_seed["components' PQ"])
+    print(f"the targets at {longest['steps']} steps, as the benchmark prints them:")
+    with open("../benchmarks/results/mask_experts_4000.md") as f:
+        print(f.read().split("shapes:\n")[1].strip())
+
+# %% [markdown]
+# At 4,000 steps the PQ target passes: with the inference the validation split chose, the head's
+# PQ is above 0.75 and above the connected components' on every seed, a finding against the
+# components. Its plain rule only just reaches 0.75 in the mean, with two seeds below; the chosen
+# inference is higher on every seed. The claims target misses narrowly (one seed reaches 90%), and
+# merges are nearly all of the objects not claimed once. The semantic target still misses: the
+# final model's class map gains from the longer budget too, and stays above the head's on every
+# seed. So the head was slow more than wrong, and its inference is worth choosing on validation.
+
+# %% [markdown]
 # ## 6. Explore it yourself: each latent's mask
 #
 # `latentseg_widgets.latent_masks` puts section 3.1 under a slider: pick a latent and see its mask
@@ -1621,7 +1666,9 @@ if uw is not None:
 #   seed, but by less than its 800-step spread (no finding), and no seed reaches a PQ of 0.75 at 2,000
 #   steps. On the test set the longer budget brings the head's PQ to no measurable difference from
 #   the connected components' on both data sets, and on shapes
-#   still misses every target. Over three seeds and up to five times the budget, most objects not
+#   still misses every target. At 4,000 steps, with the inference chosen on validation, the PQ
+#   target passes on the test set; the claims and the class map still miss. Over three seeds and
+#   up to five times the budget, most objects not
 #   claimed once are merged with another by one latent (`u.claim_outcomes`); from 800 to 4,000
 #   steps the other failures shrink to almost nothing, but merges fall only slowly, and only the
 #   query positions cut them measurably, by a little.

@@ -270,7 +270,7 @@ def test_training_options_keep_the_outputs_and_the_default_parameters():
     for options in ({"coords": True}, {"semantic_weight": 0.5}, {"deep_supervision": True},
                     {"heatmap_queries": True}, {"pixel_positions": True},
                     {"query_positions": True}, {"competing_reads": True},
-                    {"discriminative_weight": 0.5}):
+                    {"discriminative_weight": 0.5}, {"colours": True}):
         torch.manual_seed(0)
         model = u.MaskLatentSegNet(**small, **options)
         classes, masks = model.predict_masks(x)

@@ -82,7 +82,7 @@ def test_robustness_test_grid_and_its_gates_are_quoted():
 
 @pytest.mark.parametrize("name", ["ablation.md", "mask_experts.md", "mask_inference.md",
                                   "mask_recipe.md", "mask_recipe_2000.md", "mask_recipe_4000.md",
-                                  "mask_experts_2000.md"])
+                                  "mask_experts_2000.md", "mask_experts_4000.md"])
 def test_benchmark_tables_are_quoted_from_their_results(name):
     lines = [line for line in (RESULTS / name).read_text().splitlines()
              if (line.startswith("| ") and "---" not in line) or line.startswith("- **")]
