@@ -32,10 +32,13 @@ from latentseg import benchmarking as bm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from mask_experts import (GRID, MIN_AREAS, OVERLAP_THRESHOLDS, PLAIN,  # noqa: E402  (one place for the recipe and the grid)
-                          RECIPE, SCORE_THRESHOLDS, setting_key)
+from mask_experts import (GRID, MIN_AREAS, OVERLAP_THRESHOLDS,  # noqa: E402  (one place for the
+                          PLAIN, RECIPE, SCORE_THRESHOLDS,        # recipe, the grid and how it
+                          inference_scores, setting_key)          # is scored)
 
 MODELS = {"mask-head": lambda: u.MaskLatentSegNet(**RECIPE), "final": lambda: u.LatentSegNet()}
+
+
 def pq_of(instances, classes, variant: str, split: str, n: int) -> dict:
     _, labels, true_instances = u.make_split(variant, split, num_images=n, instances=True)
     result = u.panoptic_quality(instances, classes, true_instances, labels)
@@ -43,29 +46,19 @@ def pq_of(instances, classes, variant: str, split: str, n: int) -> dict:
 
 
 def measures_for(variant: str, n: int):
-    """measure(model, images, labels) for u.run_seeds: PQ on validation and test."""
+    """measure(model, images, labels) for u.run_seeds: PQ on validation and test, keyed
+    "SPLIT SETTING": the mask head's with every inference setting (mask_experts'
+    `inference_scores`), LatentSegNet()'s connected components ("SPLIT components")."""
     def measure(model, images, labels) -> dict:
-        device = next(model.parameters()).device
-        model.eval()
+        if hasattr(model, "predict_masks"):
+            return {f"{split} {key}": by_split[split]
+                    for key, by_split in inference_scores(model, variant, n).items()
+                    for split in ("validation", "test")}
         out = {}
         for split in ("validation", "test"):
-            split_images = u.make_split(variant, split, num_images=n)[0]
-            if hasattr(model, "predict_masks"):
-                with torch.no_grad():
-                    parts = [model.predict_masks(split_images[s:s + 64].to(device))
-                             for s in range(0, n, 64)]
-                class_logits = torch.cat([c.cpu() for c, _ in parts])
-                mask_logits = torch.cat([m.cpu() for _, m in parts])
-                out[f"{split} {PLAIN}"] = pq_of(*u.predict_instances(model, split_images),
-                                                variant, split, n)
-                for score, overlap, area in GRID:
-                    inst, cls = u.panoptic_inference(class_logits, mask_logits, score, overlap, area)
-                    out[f"{split} {setting_key(score, overlap, area)}"] = pq_of(inst, cls, variant,
-                                                                                split, n)
-            else:
-                prediction = u.predict(model, split_images)
-                out[f"{split} components"] = pq_of(*u.connected_component_instances(prediction),
-                                                   variant, split, n)
+            prediction = u.predict(model, u.make_split(variant, split, num_images=n)[0])
+            out[f"{split} components"] = pq_of(*u.connected_component_instances(prediction),
+                                               variant, split, n)
         return out
     return measure
 
